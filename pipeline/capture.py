@@ -1,0 +1,200 @@
+"""Stage `capture`: a synthetic four-RealSense recording of one episode (or the calibration sequence).
+
+    python -m pipeline.capture --config config.yaml --scene bowling --episode train_0000 \
+        --capture results/bowling/capture/train_0000.zarr \
+        --groundtruth results/bowling/groundtruth/train_0000.zarr
+
+``--episode calibration`` renders the ChArUco board sequence the cameras are calibrated from. The
+capture artifact holds only what real units report; the ground-truth artifact (true camera poses, object
+poses and shapes, exact depth and instance ids) is read by evaluation alone.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import cv2
+import numpy as np
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+
+from .artifact import ArtifactWriter, put
+from .config import ConfigError, EPISODE_SPLITS, episode_names, read_scene_spec, split_of
+from .geometry import invert_T, make_T
+from .realsense import build_rig, render_unit
+from .render import RenderObject, Table
+from .shapes import Box, Part, Shape
+from .sim import build_objects, sample_initial_state, simulate
+
+CALIBRATION = "calibration"
+SURFACE_POINTS = 2000
+
+
+def episode_rng(seed: int, episode: str, purpose: int) -> np.random.Generator:
+    """Independent, reproducible streams per scene seed, episode and purpose (0 scene, 1 sensor noise)."""
+    if episode == CALIBRATION:
+        key = [seed, 99, 0, purpose]
+    else:
+        key = [seed, EPISODE_SPLITS.index(split_of(episode)), int(episode.split("_")[1]), purpose]
+    return np.random.default_rng(key)
+
+
+# -- calibration board -----------------------------------------------------------------------------
+
+def board_object(board_cfg: dict, object_id: int = 1):
+    """The ChArUco board as a render object; returns it and T_obj_board (OpenCV board frame in object frame)."""
+    cols, rows = board_cfg["squares"]
+    sq, margin, th = board_cfg["square_m"], board_cfg["square_m"] / 4, board_cfg["thickness_m"]
+    ppm = 1200.0  # texture pixels per metre
+    dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, board_cfg["dictionary"]))
+    board = cv2.aruco.CharucoBoard((cols, rows), sq, board_cfg["marker_m"], dictionary)
+    width, height = cols * sq + 2 * margin, rows * sq + 2 * margin
+    img = board.generateImage((round(width * ppm), round(height * ppm)), marginSize=round(margin * ppm))
+    img = cv2.GaussianBlur(img.astype(np.float32) / 255.0, (0, 0), 0.6)  # print and texture prefilter
+    img = 0.05 + 0.85 * img  # matte black ink and paper
+    shape = Shape([Part(Box((width, height, max(th, 1e-4))), np.eye(4), {"type": "box"})])
+    top = max(th, 1e-4) / 2
+    app = {"image": img, "extent": (width, height), "top_z": top}
+    T_obj_board = make_T(np.diag([1.0, -1.0, -1.0]), np.array([-cols * sq / 2, rows * sq / 2, top]))
+    return RenderObject(shape, np.eye(4), object_id, [app]), T_obj_board
+
+
+def calibration_poses(board_cfg: dict, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(T,4,4) board object-to-world poses: frame 0 flat on the table, centred at the world origin;
+    later frames held tilted above the table, as a person waving the board would."""
+    th = max(board_cfg["thickness_m"], 1e-4)
+    poses = np.tile(np.eye(4), (frames, 1, 1))
+    poses[0, 2, 3] = th / 2
+    for f in range(1, frames):
+        tilt = Rotation.from_rotvec(np.radians(rng.uniform(8, 25)) * np.array([*_unit2(rng), 0.0]))
+        yaw = Rotation.from_euler("z", rng.uniform(-30, 30), degrees=True)
+        poses[f, :3, :3] = (tilt * yaw).as_matrix()
+        poses[f, :3, 3] = [rng.uniform(-0.08, 0.08), rng.uniform(-0.06, 0.06), rng.uniform(0.06, 0.16)]
+    return poses
+
+
+def _unit2(rng):
+    a = rng.uniform(0, 2 * np.pi)
+    return np.cos(a), np.sin(a)
+
+
+# -- artifacts -------------------------------------------------------------------------------------
+
+def _create_image_arrays(group, names, C, T, rig_cfg):
+    """Per-camera, per-frame image arrays (C, T, H, W[, 3]), one chunk per image."""
+    wc, hc = rig_cfg["color"]["resolution"]
+    wd, hd = rig_cfg["depth"]["resolution"]
+    arrays = {}
+    for name, shape, dtype in names:
+        full = (C, T, *({"c": (hc, wc), "d": (hd, wd)}[shape[0]]), *shape[1:])
+        arrays[name] = group.create_array(name, shape=full, dtype=dtype, chunks=(1, 1, *full[2:]))
+    return arrays
+
+
+def write_episode(spec: dict, episode: str, capture_path: str, gt_path: str) -> None:
+    rig_cfg, scene_cfg = spec["rig"], spec["scene"]
+    is_calib = episode == CALIBRATION
+    seed = spec["calibration"]["seed"] if is_calib else scene_cfg["seed"]
+    if not is_calib and episode not in episode_names(scene_cfg):
+        raise ConfigError(f"episode '{episode}' is not one of scene '{spec['name']}': {episode_names(scene_cfg)}")
+    rng_scene, rng_noise = episode_rng(seed, episode, 0), episode_rng(seed, episode, 1)
+    rig = build_rig(rig_cfg, seed=seed)
+    table = Table(tuple(spec["table"]["size"]), spec["table"]["appearance"])
+
+    if is_calib:
+        frames, fps = spec["calibration"]["frames"], 1.0
+        board, T_obj_board = board_object(spec["calibration"]["board"])
+        poses = calibration_poses(spec["calibration"]["board"], frames, rng_scene)[:, None]
+        objects = [board]
+        names, groups = ["board"], ["board"]
+    else:
+        frames, fps = scene_cfg["frames"], float(scene_cfg["fps"])
+        scene_objects = build_objects(scene_cfg)
+        init = sample_initial_state(scene_objects, scene_cfg, rng_scene)
+        poses = simulate(scene_objects, init, scene_cfg, spec["table"])
+        objects = [RenderObject(o.shape, np.eye(4), o.object_id, o.appearances) for o in scene_objects]
+        names, groups = [o.name for o in scene_objects], [o.group for o in scene_objects]
+
+    C = len(rig)
+    times = np.arange(frames) / fps
+    jitter = rng_noise.uniform(-1, 1, C) * rig_cfg["sync_jitter_s"]
+    common = {"scene": spec["name"], "episode": episode, "split": CALIBRATION if is_calib else split_of(episode)}
+    cap_attrs = {**common, "sequence": CALIBRATION if is_calib else "episode", "source": "synthetic",
+                 "device": "simulated Intel RealSense D455", "fps": fps, "camera_names": [u.name for u in rig],
+                 "streams": ["color", "depth", "ir_left", "ir_right"]}
+    config = spec if not is_calib else {k: spec[k] for k in ("name", "rig", "table", "calibration")}
+    with ArtifactWriter(capture_path, "capture", "capture", config, **cap_attrs) as cap, \
+            ArtifactWriter(gt_path, "groundtruth", "capture", config, **common,
+                           sequence=cap_attrs["sequence"], object_names=names, object_groups=groups) as gt:
+        img = _create_image_arrays(cap, [("color", ("c", 3), "uint8"), ("depth", ("d",), "uint16"),
+                                         ("ir_left", ("d",), "uint8"), ("ir_right", ("d",), "uint8")],
+                                   C, frames, rig_cfg)
+        img["depth"].attrs["depth_scale_m"] = rig_cfg["depth"]["depth_scale_m"]
+        put(cap, "timestamps", times[None, :] + jitter[:, None], {"unit": "s"})
+        put(cap, "depth_scale_m", np.full(C, rig_cfg["depth"]["depth_scale_m"]))
+        put(cap, "K_color", np.stack([u.color.K for u in rig]))
+        put(cap, "K_depth", np.stack([u.depth.K for u in rig]), {"note": "infrared left and right share it"})
+        put(cap, "dist_color", np.zeros((C, 5)), {"model": "OpenCV (k1, k2, p1, p2, k3)"})
+        put(cap, "dist_depth", np.zeros((C, 5)), {"model": "OpenCV (k1, k2, p1, p2, k3)"})
+        put(cap, "T_color_depth", np.stack([u.T_color_depth for u in rig]), {"maps": "depth frame -> colour frame"})
+        put(cap, "T_irright_depth", np.stack([u.T_irright_depth for u in rig]),
+            {"maps": "depth (infrared-left) frame -> infrared-right frame"})
+
+        gimg = _create_image_arrays(gt, [("depth_color", ("c",), "float32"), ("ids_color", ("c",), "uint16"),
+                                         ("depth_ir", ("d",), "float32"), ("ids_ir", ("d",), "uint16")],
+                                    C, frames, rig_cfg)
+        put(gt, "T_cw_depth", np.stack([u.depth.T_cw for u in rig]), {"maps": "world -> depth (infrared-left) frame"})
+        put(gt, "T_cw_color", np.stack([u.color.T_cw for u in rig]), {"maps": "world -> colour frame"})
+        put(gt, "T_cw_irright", np.stack([u.ir_right.T_cw for u in rig]), {"maps": "world -> infrared-right frame"})
+        put(gt, "T_cw_projector", np.stack([u.projector.T_pw for u in rig]))
+        put(gt, "K_color", np.stack([u.color.K for u in rig]))
+        put(gt, "K_depth", np.stack([u.depth.K for u in rig]))
+        put(gt, "times", times, {"unit": "s"})
+        put(gt, "object_ids", np.array([o.object_id for o in objects], dtype=np.int32))
+        put(gt, "poses", poses,
+            {"shape": "(T, N, 4, 4)", "maps": "object (centre-of-mass) frame -> world"})
+        surf = [o.shape.sample_surface(SURFACE_POINTS, np.random.default_rng([seed, k])) for k, o in enumerate(objects)]
+        put(gt, "surface_points", np.stack([s[0] for s in surf]), {"frame": "object"})
+        put(gt, "surface_normals", np.stack([s[1] for s in surf]), {"frame": "object"})
+        gt.attrs["shapes"] = [[{**p.spec, "T_object_part": p.T.tolist()} for p in o.shape.parts] for o in objects]
+        if is_calib:
+            put(gt, "T_world_board", poses[:, 0] @ T_obj_board,
+                {"frame": "OpenCV ChArUco board frame (origin at the pattern's outer corner, z into the board)"})
+            gt.attrs["board"] = spec["calibration"]["board"]
+            gt.attrs["world_anchor"] = ("frame 0: board flat on the table, pattern centred at the world origin, "
+                                        "board x along world x, board y along world -y")
+        else:
+            gt.attrs["masses"] = [o.spec["mass"] for o in scene_objects]
+
+        for f in tqdm(range(frames), desc=f"{spec['name']}/{episode}", unit="frame", file=sys.stderr):
+            for ob, T in zip(objects, poses[f]):
+                ob.T_wo = T
+            for c, unit in enumerate(rig):
+                out = render_unit(unit, objects, table, rng_noise)
+                for key, arr in img.items():
+                    arr[c, f] = out[key]
+                for key, arr in gimg.items():
+                    arr[c, f] = out[key]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.capture", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="config.yaml (with --scene)")
+    ap.add_argument("--scene", help="scene name in the config")
+    ap.add_argument("--spec", help="the scene's validated config section as JSON (what Snakemake passes)")
+    ap.add_argument("--episode", required=True, help="e.g. train_0000, or 'calibration'")
+    ap.add_argument("--capture", required=True, help="output capture artifact (.zarr)")
+    ap.add_argument("--groundtruth", required=True, help="output ground-truth artifact (.zarr)")
+    args = ap.parse_args(argv)
+    try:
+        spec = read_scene_spec(args.config, args.scene, args.spec)
+        write_episode(spec, args.episode, args.capture, args.groundtruth)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Loading and validating config.yaml against workflow/schemas/config.schema.yaml.
+
+Both the Snakefile and every ``python -m pipeline.<stage>`` command validate through here, so a config
+that Snakemake accepts is the config a stage runs with. Defaults from the schema are filled in.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+EPISODE_SPLITS = ("train", "val", "test")
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema, or names something that does not exist."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _best_message(error: jsonschema.ValidationError) -> str:
+    best = jsonschema.exceptions.best_match([error])
+    where = "/".join(str(p) for p in best.absolute_path) or "(top level)"
+    msg = best.message
+    if best.validator == "additionalProperties" or best.validator == "unevaluatedProperties":
+        msg = f"unknown key: {msg}"
+    return f"config key '{where}': {msg}"
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate a config dict in place (filling defaults) and return it; raises ConfigError."""
+    schema = load_schema()
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(cls(schema).iter_errors(config), key=lambda e: len(list(e.absolute_path)))
+    if errors:
+        raise ConfigError(f"{source}: {_best_message(errors[0])}")
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return validate_config(config, str(path))
+
+
+def episode_names(scene_cfg: dict) -> list[str]:
+    """Episode ids of a scene, e.g. ['train_0000', 'train_0001', 'val_0000', 'test_0000']."""
+    return [f"{split}_{i:04d}" for split in EPISODE_SPLITS for i in range(scene_cfg["episodes"][split])]
+
+
+def split_of(episode: str) -> str:
+    split = episode.split("_")[0]
+    if split not in EPISODE_SPLITS:
+        raise ConfigError(f"episode '{episode}': expected a name like train_0000, val_0003 or test_0001")
+    return split
+
+
+def scene_spec(config: dict, scene: str) -> dict:
+    """Everything that shapes one scene's capture: the rig, the table, the calibration board, the scene."""
+    if scene not in config["scenes"]:
+        raise ConfigError(f"scene '{scene}' is not in the config (have: {', '.join(config['scenes'])})")
+    return {
+        "name": scene,
+        "rig": config["rig"],
+        "table": config["table"],
+        "calibration": config["calibration"],
+        "scene": config["scenes"][scene],
+    }
+
+
+def config_hash(values: dict) -> str:
+    """sha256 of the canonical JSON of the config values that shaped an artifact."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_scene_spec(config_path: str | None, scene: str | None, spec_json: str | None) -> dict:
+    """The scene spec for a stage command: from ``--config FILE --scene NAME`` or ``--spec JSON``.
+
+    Snakemake passes ``--spec`` (the validated section as JSON, so reruns follow config changes);
+    by hand, ``--config config.yaml --scene bowling`` reads the same values.
+    """
+    if spec_json is not None:
+        spec = json.loads(spec_json)
+        wrapper = {"results": "results", "rig": spec["rig"], "calibration": spec["calibration"],
+                   "table": spec["table"], "scenes": {spec["name"]: spec["scene"]}}
+        validate_config(wrapper, "--spec")
+        return scene_spec(wrapper, spec["name"])
+    if config_path is None or scene is None:
+        raise ConfigError("give --config FILE and --scene NAME, or --spec JSON")
+    return scene_spec(load_config(config_path), scene)

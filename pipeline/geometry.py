@@ -1,0 +1,100 @@
+"""Rigid transforms and pinhole cameras.
+
+Conventions (every stage uses these):
+- World frame: metres, z up, the table plane at z = 0.
+- Cameras: OpenCV convention (x right, y down, z forward); extrinsics are 4x4 world-to-camera
+  matrices ``T_cw`` so that ``x_cam = T_cw @ x_world``. Pixel centres sit at integer coordinates.
+- Quaternions are (x, y, z, w), as pybullet and scipy write them.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+
+def make_T(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(3,3) rotation and (3,) translation -> (4,4) homogeneous transform."""
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = t
+    return T
+
+
+def invert_T(T: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid (..., 4, 4) transform."""
+    R = T[..., :3, :3]
+    t = T[..., :3, 3]
+    Ti = np.zeros_like(T)
+    Ti[..., :3, :3] = np.swapaxes(R, -1, -2)
+    Ti[..., :3, 3] = -np.einsum("...ji,...j->...i", R, t)
+    Ti[..., 3, 3] = 1.0
+    return Ti
+
+
+def transform_points(T: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Apply a (4,4) transform to (N,3) points."""
+    return p @ T[:3, :3].T + T[:3, 3]
+
+
+def quat_to_matrix(q_xyzw) -> np.ndarray:
+    return Rotation.from_quat(np.asarray(q_xyzw, dtype=float)).as_matrix()
+
+
+def pose_to_T(position, q_xyzw) -> np.ndarray:
+    return make_T(quat_to_matrix(q_xyzw), np.asarray(position, dtype=float))
+
+
+def look_at_T_cw(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """World-to-camera (4,4) for an OpenCV camera at ``eye`` looking at ``target``.
+
+    Image x points right and y down as seen with ``up`` pointing up in the world.
+    """
+    eye = np.asarray(eye, dtype=float)
+    z = np.asarray(target, dtype=float) - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, np.asarray(up, dtype=float))
+    if np.linalg.norm(x) < 1e-9:
+        raise ValueError(f"camera at {eye.tolist()} looks along the up vector; choose another target")
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    R_wc = np.stack([x, y, z], axis=1)  # columns: camera axes in world
+    return invert_T(make_T(R_wc, eye))
+
+
+def intrinsics_from_hfov(width: int, height: int, hfov_rad: float) -> np.ndarray:
+    """(3,3) K with square pixels and the principal point at the image centre."""
+    f = (width / 2.0) / np.tan(hfov_rad / 2.0)
+    return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def pixel_rays(K: np.ndarray, width: int, height: int, offset=(0.0, 0.0)) -> np.ndarray:
+    """(H*W,3) camera-frame ray directions with z = 1, one per pixel (row-major).
+
+    ``offset`` shifts the sample inside the pixel (in pixels), for supersampling.
+    """
+    u, v = np.meshgrid(np.arange(width) + offset[0], np.arange(height) + offset[1])
+    x = (u.ravel() - K[0, 2]) / K[0, 0]
+    y = (v.ravel() - K[1, 2]) / K[1, 1]
+    return np.stack([x, y, np.ones_like(x)], axis=1)
+
+
+def project(K: np.ndarray, T_cw: np.ndarray, p_world: np.ndarray):
+    """Project (N,3) world points; returns (N,2) pixel coordinates and (N,) camera-frame depth z."""
+    pc = transform_points(T_cw, p_world)
+    z = pc[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = (pc[:, :2] / z[:, None]) * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+    return uv, z
+
+
+def backproject(K: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(H,W) z-depth in metres -> (H,W,3) camera-frame points."""
+    h, w = depth.shape
+    rays = pixel_rays(K, w, h).reshape(h, w, 3)
+    return rays * depth[..., None]
+
+
+def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
+    """Angle of R_a^T R_b in degrees."""
+    c = (np.trace(R_a.T @ R_b) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))

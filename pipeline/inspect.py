@@ -1,0 +1,127 @@
+"""``python -m pipeline inspect PATH [--png FILE]``: print an artifact's tree and draw a picture of it.
+
+The tree lists every group and array with shape, dtype, chunks, value range and attributes. With
+``--png``, a capture gives a contact sheet (rows: cameras; columns: colour, depth and infrared at the
+first, middle and last frame) and a ground truth gives instance ids and true depth likewise.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zarr
+
+from .artifact import SCHEMAS, ArtifactError, open_artifact
+
+MAX_RANGE_BYTES = 256 * 2**20
+
+
+def _fmt_attr(value, width=100) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _value_range(arr: zarr.Array) -> str:
+    if arr.dtype.kind not in "biuf" or arr.size == 0:
+        return ""
+    if arr.nbytes > MAX_RANGE_BYTES and arr.ndim > 2:  # sample a few leading-index slices
+        picks = np.linspace(0, arr.shape[0] - 1, 3).astype(int)
+        data = np.stack([arr[i] for i in picks])
+        note = " (sampled)"
+    else:
+        data, note = arr[...], ""
+    if data.dtype.kind == "f":
+        finite = data[np.isfinite(data)]
+        if finite.size == 0:
+            return "  range: no finite values"
+        return f"  range: [{finite.min():.6g}, {finite.max():.6g}]{note}"
+    return f"  range: [{data.min()}, {data.max()}]{note}"
+
+
+def tree(group: zarr.Group, indent: str = "") -> list[str]:
+    lines = []
+    for key, value in sorted(dict(group.attrs).items()):
+        lines.append(f"{indent}@{key} = {_fmt_attr(value)}")
+    for name, arr in sorted(group.arrays()):
+        lines.append(f"{indent}{name}  {arr.shape} {arr.dtype} chunks={arr.chunks}{_value_range(arr)}")
+        for key, value in sorted(dict(arr.attrs).items()):
+            lines.append(f"{indent}    @{key} = {_fmt_attr(value)}")
+    for name, sub in sorted(group.groups()):
+        lines.append(f"{indent}{name}/")
+        lines += tree(sub, indent + "    ")
+    return lines
+
+
+def colourise_depth(depth_m: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(H,W) metres -> (H,W,3) uint8 RGB, turbo colour map; black where invalid (0, nan or inf)."""
+    valid = np.isfinite(depth_m) & (depth_m > 0)
+    scaled = np.clip((np.where(valid, depth_m, lo) - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    rgb = cv2.applyColorMap(scaled, cv2.COLORMAP_TURBO)[..., ::-1].copy()
+    rgb[~valid] = 0
+    return rgb
+
+
+def colourise_ids(ids: np.ndarray) -> np.ndarray:
+    """(H,W) instance ids -> (H,W,3) uint8 RGB; 0 (background) is dark grey."""
+    rng = np.random.default_rng(7)
+    palette = rng.integers(60, 256, (int(ids.max()) + 1, 3)).astype(np.uint8)
+    palette[0] = 40
+    return palette[ids]
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    img = np.ascontiguousarray(img)
+    cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST) if img.shape[:2] != (h, w) else img
+
+
+def contact_sheet(group: zarr.Group) -> np.ndarray:
+    """RGB contact sheet of a capture or ground-truth artifact."""
+    schema = group.attrs["schema"]
+    if schema == "capture":
+        C, T = group["color"].shape[:2]
+        h, w = group["color"].shape[2:4]
+        scale = group["depth_scale_m"][:]
+        panels = [("colour", lambda c, t: group["color"][c, t])]
+        if "depth" in group:
+            panels.append(("depth", lambda c, t: colourise_depth(group["depth"][c, t] * scale[c], 0.2, 1.2)))
+        if "ir_left" in group:
+            panels.append(("ir left", lambda c, t: group["ir_left"][c, t]))
+        names = group.attrs["camera_names"]
+    elif schema == "groundtruth":
+        C, T = group["ids_color"].shape[:2]
+        h, w = group["ids_color"].shape[2:4]
+        panels = [("ids", lambda c, t: colourise_ids(group["ids_color"][c, t])),
+                  ("true depth", lambda c, t: colourise_depth(group["depth_color"][c, t], 0.2, 1.2))]
+        names = [f"cam{c}" for c in range(C)]
+    else:
+        raise ArtifactError(f"no picture is defined for schema {schema!r}")
+    frames = sorted(set([0, T // 2, T - 1]))
+    rows = []
+    for c in range(C):
+        row = [_label(_fit(fn(c, t), h, w), f"{names[c]} t={t} {name}") for t in frames for name, fn in panels]
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def inspect(path: str, png: str | None = None) -> str:
+    group = zarr.open_group(str(path), mode="r") if Path(path, "zarr.json").exists() else None
+    if group is None:
+        raise ArtifactError(f"{path}: not a zarr v3 group")
+    schema = group.attrs.get("schema")
+    if schema in SCHEMAS:
+        group = open_artifact(path, schema)  # checks version and completeness
+    text = "\n".join([f"{path}/"] + tree(group, "    "))
+    if png:
+        Path(png).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(png, contact_sheet(group)[..., ::-1])
+    return text

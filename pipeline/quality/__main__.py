@@ -1,0 +1,12 @@
+"""python -m pipeline.quality STAGE ...: write a stage's quality report (see each stage's --help)."""
+import sys
+
+from . import capture
+
+STAGES = {"capture": capture.main}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in STAGES:
+        print(f"usage: python -m pipeline.quality {{{','.join(STAGES)}}} ...", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(STAGES[sys.argv[1]](sys.argv[2:]))

@@ -1,0 +1,195 @@
+"""Quality of the synthetic capture: does the ground truth agree with itself and with the sensor images?
+
+Figures per episode (``against`` = gt):
+    mask_point_agreement   share of visible object surface points (projected through the true colour
+                           cameras) that land inside their own instance mask
+    gt_depth_surface_err_mm  largest distance of back-projected true depth (object pixels) from the
+                           true object surface
+    ir_disparity_err_px    median |matched disparity - f b / z| at projected dots, matching the infrared
+                           pair by normalised cross-correlation around the predicted disparity
+    ir_disparity_within_0p5px  share of those dots matched within 0.5 px
+    sensor_abs_rel, sensor_mae_mm, sensor_valid_frac  the unit's own depth on object pixels
+    charuco_corners_frac   (calibration sequence) share of board corners OpenCV detects per view
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import cv2
+import numpy as np
+
+from ..artifact import ArtifactError, open_artifact
+from ..geometry import backproject, invert_T, project, transform_points
+from ..shapes import Shape
+from . import write_report
+
+VISIBLE_TOL_M = 0.002
+
+
+def mask_point_agreement(gt, stride: int = 1) -> float:
+    """Share of visible surface points whose colour-camera pixel carries their own instance id."""
+    poses = gt["poses"][:]
+    pts, nrm = gt["surface_points"][:], gt["surface_normals"][:]
+    ids_all, depth_all = gt["ids_color"], gt["depth_color"]
+    K, T_cw = gt["K_color"][:], gt["T_cw_color"][:]
+    object_ids = gt["object_ids"][:]
+    good = total = 0
+    for c in range(K.shape[0]):
+        centre = invert_T(T_cw[c])[:3, 3]
+        for t in range(0, poses.shape[0], stride):
+            ids, depth = ids_all[c, t], depth_all[c, t]
+            h, w = ids.shape
+            for k, oid in enumerate(object_ids):
+                pw = transform_points(poses[t, k], pts[k])
+                nw = nrm[k] @ poses[t, k][:3, :3].T
+                facing = np.einsum("ij,ij->i", nw, centre - pw) > 0
+                uv, z = project(K[c], T_cw[c], pw)
+                u, v = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
+                inside = facing & (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+                u, v, z = u[inside], v[inside], z[inside]
+                visible = z <= depth[v, u] + VISIBLE_TOL_M  # nothing in front of the point
+                good += int((ids[v[visible], u[visible]] == oid).sum())
+                total += int(visible.sum())
+    return good / max(total, 1)
+
+
+def depth_surface_error_mm(gt, stride: int = 1) -> float:
+    """Largest |signed distance| (mm) of back-projected true depth at object pixels to the true shape."""
+    poses = gt["poses"][:]
+    shapes = [Shape.from_artifact(parts) for parts in gt.attrs["shapes"]]
+    K, T_cw = gt["K_color"][:], gt["T_cw_color"][:]
+    object_ids = list(gt["object_ids"][:])
+    worst = 0.0
+    for c in range(K.shape[0]):
+        T_wc = invert_T(T_cw[c])
+        for t in range(0, poses.shape[0], stride):
+            ids, depth = gt["ids_color"][c, t], gt["depth_color"][c, t]
+            pw = transform_points(T_wc, backproject(K[c], np.where(np.isfinite(depth), depth, 0)).reshape(-1, 3))
+            flat = ids.ravel()
+            for k, oid in enumerate(object_ids):
+                m = flat == oid
+                if m.any():
+                    p_obj = transform_points(invert_T(poses[t, k]), pw[m])
+                    worst = max(worst, float(np.abs(shapes[k].sdf(p_obj)).max()) * 1000)
+    return worst
+
+
+def ir_disparity_errors(cap, gt, max_points: int = 400, half: int = 3, seed: int = 0) -> np.ndarray:
+    """|matched - predicted| disparity (px) at bright dots seen by both infrared imagers."""
+    rng = np.random.default_rng(seed)
+    K = cap["K_depth"][:]
+    baseline = -cap["T_irright_depth"][:][:, 0, 3]
+    errs = []
+    C, T = cap["ir_left"].shape[:2]
+    for c in range(C):
+        f = K[c, 0, 0]
+        for t in range(T):
+            left = cap["ir_left"][c, t].astype(np.float32)
+            right = cap["ir_right"][c, t].astype(np.float32)
+            z = gt["depth_ir"][c, t]
+            h, w = left.shape
+            dots = left > np.percentile(left, 97)
+            dots &= np.isfinite(z)
+            dots[:half + 1], dots[-half - 1:], dots[:, :half + 1], dots[:, -half - 1:] = False, False, False, False
+            vs, us = np.nonzero(dots)
+            if len(vs) == 0:
+                continue
+            pick = rng.choice(len(vs), min(max_points, len(vs)), replace=False)
+            for v, u in zip(vs[pick], us[pick]):
+                d_true = f * baseline[c] / z[v, u]
+                cands = np.arange(np.floor(d_true) - 3, np.ceil(d_true) + 4).astype(int)
+                cands = cands[(u - cands - half >= 0) & (u - cands + half < w)]
+                if len(cands) < 3:
+                    continue
+                patch = left[v - half:v + half + 1, u - half:u + half + 1]
+                patch = (patch - patch.mean()) / (patch.std() + 1e-6)
+                scores = []
+                for d in cands:
+                    q = right[v - half:v + half + 1, u - d - half:u - d + half + 1]
+                    scores.append(float(((q - q.mean()) / (q.std() + 1e-6) * patch).mean()))
+                i = int(np.argmax(scores))
+                if scores[i] < 0.6 or i == 0 or i == len(scores) - 1:
+                    continue  # no confident, interior match (occluded or textureless)
+                s0, s1, s2 = scores[i - 1], scores[i], scores[i + 1]
+                sub = 0.5 * (s0 - s2) / (s0 - 2 * s1 + s2) if (s0 - 2 * s1 + s2) != 0 else 0.0
+                errs.append(abs(cands[i] + sub - d_true))
+    return np.asarray(errs)
+
+
+def sensor_depth_figures(cap, gt) -> dict:
+    """The unit's own depth against exact depth, on object pixels of the depth (infrared-left) frame."""
+    scale = cap["depth_scale_m"][:]
+    abs_rel, err, n_valid, n_total = [], [], 0, 0
+    C, T = cap["depth"].shape[:2]
+    for c in range(C):
+        for t in range(T):
+            obj = gt["ids_ir"][c, t] > 0
+            true = gt["depth_ir"][c, t][obj]
+            meas = cap["depth"][c, t][obj] * scale[c]
+            valid = meas > 0
+            n_total += obj.sum()
+            n_valid += valid.sum()
+            abs_rel.append(np.abs(meas[valid] - true[valid]) / true[valid])
+            err.append(np.abs(meas[valid] - true[valid]))
+    abs_rel, err = np.concatenate(abs_rel), np.concatenate(err)
+    return {"sensor_abs_rel": (float(abs_rel.mean()), "1"), "sensor_mae_mm": (float(err.mean()) * 1000, "mm"),
+            "sensor_valid_frac": (n_valid / max(n_total, 1), "1")}
+
+
+def charuco_corner_fraction(cap, board: dict) -> float:
+    dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, board["dictionary"]))
+    cb = cv2.aruco.CharucoBoard(tuple(board["squares"]), board["square_m"], board["marker_m"], dictionary)
+    detector = cv2.aruco.CharucoDetector(cb)
+    n_corners = (board["squares"][0] - 1) * (board["squares"][1] - 1)
+    fracs = []
+    C, T = cap["color"].shape[:2]
+    for c in range(C):
+        for t in range(T):
+            grey = cv2.cvtColor(cap["color"][c, t], cv2.COLOR_RGB2GRAY)
+            corners, _, _, _ = detector.detectBoard(grey)
+            fracs.append(0 if corners is None else len(corners) / n_corners)
+    return float(np.mean(fracs))
+
+
+def episode_rows(capture_path: str, gt_path: str) -> list[dict]:
+    cap = open_artifact(capture_path, "capture")
+    gt = open_artifact(gt_path, "groundtruth")
+    for key in ("scene", "episode"):
+        if cap.attrs[key] != gt.attrs[key]:
+            raise ArtifactError(f"{capture_path} and {gt_path} are of different {key}s: "
+                                f"{cap.attrs[key]} vs {gt.attrs[key]}")
+    figures = {}
+    if cap.attrs["sequence"] == "calibration":
+        figures["charuco_corners_frac"] = (charuco_corner_fraction(cap, gt.attrs["board"]), "1")
+    else:
+        figures["mask_point_agreement"] = (mask_point_agreement(gt), "1")
+        figures.update(sensor_depth_figures(cap, gt))
+    figures["gt_depth_surface_err_mm"] = (depth_surface_error_mm(gt), "mm")
+    errs = ir_disparity_errors(cap, gt)
+    figures["ir_disparity_err_px"] = (float(np.median(errs)) if len(errs) else float("nan"), "px")
+    figures["ir_disparity_within_0p5px"] = (float((errs < 0.5).mean()) if len(errs) else float("nan"), "1")
+    base = {"scene": cap.attrs["scene"], "split": cap.attrs["split"], "episode": cap.attrs["episode"],
+            "stage": "capture", "method": cap.attrs["source"], "against": "gt"}
+    return [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, (v, u) in figures.items()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.quality capture", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--capture", nargs="+", required=True)
+    ap.add_argument("--groundtruth", nargs="+", required=True)
+    ap.add_argument("--out", required=True, help="CSV report")
+    args = ap.parse_args(argv)
+    if len(args.capture) != len(args.groundtruth):
+        print("error: give one --groundtruth per --capture, in the same order", file=sys.stderr)
+        return 2
+    rows = []
+    try:
+        for cp, gp in zip(args.capture, args.groundtruth):
+            rows += episode_rows(cp, gp)
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_report(rows, args.out)
+    return 0
