@@ -120,6 +120,11 @@ def open_artifact(path, schema: str) -> zarr.Group:
     return group
 
 
+def frame_array(group: zarr.Group, name: str, shape: tuple, dtype) -> zarr.Array:
+    """An image-stack array (C, T, H, W[, 3]) chunked one image per chunk, so frames are written as they come."""
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=(1, 1, *shape[2:]))
+
+
 def put(group: zarr.Group, name: str, data: np.ndarray, attrs: dict | None = None, chunks=None):
     """Write a whole array into a group (small arrays, metadata)."""
     data = np.asarray(data)

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from .artifact import ArtifactWriter, put
+from .artifact import ArtifactWriter, frame_array, put
 from .config import ConfigError, EPISODE_SPLITS, episode_names, read_scene_spec, split_of
 from .geometry import invert_T, make_T
 from .realsense import build_rig, render_unit
@@ -52,7 +52,8 @@ def board_object(board_cfg: dict, object_id: int = 1):
     img = board.generateImage((round(width * ppm), round(height * ppm)), marginSize=round(margin * ppm))
     img = cv2.GaussianBlur(img.astype(np.float32) / 255.0, (0, 0), 0.6)  # print and texture prefilter
     img = 0.05 + 0.85 * img  # matte black ink and paper
-    shape = Shape([Part(Box((width, height, max(th, 1e-4))), np.eye(4), {"type": "box"})])
+    size = (width, height, max(th, 1e-4))
+    shape = Shape([Part(Box(size), np.eye(4), {"type": "box", "size": list(size)})], centred=True)
     top = max(th, 1e-4) / 2
     app = {"image": img, "extent": (width, height), "top_z": top}
     T_obj_board = make_T(np.diag([1.0, -1.0, -1.0]), np.array([-cols * sq / 2, rows * sq / 2, top]))
@@ -87,7 +88,7 @@ def _create_image_arrays(group, names, C, T, rig_cfg):
     arrays = {}
     for name, shape, dtype in names:
         full = (C, T, *({"c": (hc, wc), "d": (hd, wd)}[shape[0]]), *shape[1:])
-        arrays[name] = group.create_array(name, shape=full, dtype=dtype, chunks=(1, 1, *full[2:]))
+        arrays[name] = frame_array(group, name, full, dtype)
     return arrays
 
 

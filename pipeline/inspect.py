@@ -84,24 +84,35 @@ def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST) if img.shape[:2] != (h, w) else img
 
 
+def _depth_range(depth: np.ndarray) -> tuple[float, float]:
+    """Colour-map limits (m) from the valid depth of the first frames: 1st to 99th percentile."""
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    if valid.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(valid, [1, 99])
+    return float(lo), float(max(hi, lo + 1e-3))
+
+
 def contact_sheet(group: zarr.Group) -> np.ndarray:
     """RGB contact sheet of a capture or ground-truth artifact."""
     schema = group.attrs["schema"]
     if schema == "capture":
         C, T = group["color"].shape[:2]
         h, w = group["color"].shape[2:4]
-        scale = group["depth_scale_m"][:]
         panels = [("colour", lambda c, t: group["color"][c, t])]
         if "depth" in group:
-            panels.append(("depth", lambda c, t: colourise_depth(group["depth"][c, t] * scale[c], 0.2, 1.2)))
+            scale = group["depth_scale_m"][:]
+            lo, hi = _depth_range(group["depth"][:, 0] * scale[:, None, None])
+            panels.append(("depth", lambda c, t: colourise_depth(group["depth"][c, t] * scale[c], lo, hi)))
         if "ir_left" in group:
             panels.append(("ir left", lambda c, t: group["ir_left"][c, t]))
         names = group.attrs["camera_names"]
     elif schema == "groundtruth":
         C, T = group["ids_color"].shape[:2]
         h, w = group["ids_color"].shape[2:4]
+        lo, hi = _depth_range(group["depth_color"][:, 0])
         panels = [("ids", lambda c, t: colourise_ids(group["ids_color"][c, t])),
-                  ("true depth", lambda c, t: colourise_depth(group["depth_color"][c, t], 0.2, 1.2))]
+                  ("true depth", lambda c, t: colourise_depth(group["depth_color"][c, t], lo, hi))]
         names = [f"cam{c}" for c in range(C)]
     else:
         raise ArtifactError(f"no picture is defined for schema {schema!r}")

@@ -1,0 +1,33 @@
+# The two commands a fresh machine needs (see README.md):
+#   make run    set up .venv and capture the default bowling scene, with its quality report
+#   make test   set up .venv and run the tests
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+TARGET ?= results/bowling/quality/capture.csv
+CORES ?= 2
+
+.PHONY: setup run test bench clean
+setup: $(VENV)/.installed
+
+# pyrealsense2 needs libusb at import time; install it where it is missing (Debian/Ubuntu, as root).
+$(VENV)/.installed: pyproject.toml
+	@ldconfig -p | grep -q libusb-1.0 || { command -v apt-get >/dev/null && \
+		$$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -q libusb-1.0-0; }
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/snakemake --cores $(CORES) $(TARGET)
+	$(PY) -m pipeline inspect results/bowling/capture/train_0000.zarr --png results/bowling/capture/train_0000.png
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/capture.py
+
+clean:
+	rm -rf results .snakemake
