@@ -28,7 +28,6 @@ import json
 import re
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,21 +164,16 @@ def read_recording(camera: str, path: str, timeout_s: float = 600.0) -> Recordin
         sensor.open(wanted)
         sensors.append(sensor)
     if not profiles:
-        raise IngestError(f"camera {camera}: {path} holds no colour, depth or infrared stream")
+        raise IngestError(f"camera {camera}: {path} holds no colour, depth or infrared stream (no frames recorded?)")
 
+    finished = threading.Event()
+    # Playback of a short file can start and stop between two polls: listen for the transition instead.
+    playback.set_status_changed_callback(lambda status: status == rs.playback_status.stopped and finished.set())
     for sensor in sensors:
         sensor.start(on_frame)
-    start, started = time.monotonic(), False
     try:
-        while True:
-            status = playback.current_status()
-            started |= status == rs.playback_status.playing
-            if started and status == rs.playback_status.stopped:
-                break
-            waited = time.monotonic() - start
-            if (not started and waited > 10) or waited > timeout_s:
-                break
-            time.sleep(0.01)
+        if not finished.wait(timeout_s):
+            raise IngestError(f"camera {camera}: playback of {path} did not finish within {timeout_s:.0f} s")
     finally:
         for sensor in sensors:
             sensor.stop()

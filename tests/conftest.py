@@ -1,0 +1,66 @@
+"""Shared fixtures: a small config (tiny images, few frames) and helpers to run stage commands."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_config, scene_spec, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTERNAL = ROOT.parent / "shared" / "data" / "external"
+
+
+def external(name: str) -> Path:
+    """A real data set from ../shared/data/external, or skip saying why."""
+    path = EXTERNAL / name
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (it lives beside the project, not in a user's clone)")
+    return path
+
+
+def run_module(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def default_config() -> dict:
+    return load_config(ROOT / "config.yaml")
+
+
+def small(config: dict, width: int = 160, height: int = 120, frames: int = 4) -> dict:
+    """The default config at a small resolution and length, still valid against the schema."""
+    cfg = copy.deepcopy(config)
+    cfg["rig"]["color"]["resolution"] = [width, height]
+    cfg["rig"]["depth"]["resolution"] = [width, height]
+    cfg["calibration"]["frames"] = 2
+    for scene in cfg["scenes"].values():
+        scene["frames"] = frames
+    return validate_config(cfg)
+
+
+@pytest.fixture(scope="session")
+def small_config(default_config) -> dict:
+    return small(default_config)
+
+
+@pytest.fixture(scope="session")
+def small_config_file(small_config, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "config.yaml"
+    path.write_text(yaml.safe_dump(small_config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bowling_episode(small_config, tmp_path_factory):
+    """(capture path, ground-truth path) of one small bowling episode, rendered once per session."""
+    from pipeline.capture import write_episode
+
+    out = tmp_path_factory.mktemp("bowling")
+    cap, gt = out / "capture.zarr", out / "groundtruth.zarr"
+    write_episode(scene_spec(small_config, "bowling"), "train_0000", str(cap), str(gt))
+    return cap, gt

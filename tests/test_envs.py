@@ -1,0 +1,45 @@
+"""envs/*.yaml (conda environments of the rules) agree with pyproject.toml's dependencies."""
+import re
+import tomllib
+
+import yaml
+
+from .conftest import ROOT
+
+# Dependencies of the package that no rule's environment needs: Snakemake runs the rules, it is not run by them.
+DRIVER_ONLY = {"snakemake"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject() -> dict[str, str]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {_name(d): d.replace(" ", "") for d in deps}
+
+
+def _env(path) -> dict[str, str]:
+    env = yaml.safe_load(path.read_text())
+    pip = [d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep.get("pip", [])]
+    return {_name(d): d.replace(" ", "") for d in pip if not d.startswith("-e")}
+
+
+def test_every_env_pins_what_pyproject_pins():
+    wanted = _pyproject()
+    envs = sorted((ROOT / "envs").glob("*.yaml"))
+    assert envs, "no conda environments under envs/"
+    covered = set()
+    for path in envs:
+        env = _env(path)
+        for name, requirement in env.items():
+            assert name in wanted, f"{path.name}: {name} is not a dependency in pyproject.toml"
+            assert requirement == wanted[name], f"{path.name}: {requirement} but pyproject.toml has {wanted[name]}"
+        covered |= set(env)
+    assert set(wanted) - DRIVER_ONLY <= covered, f"in no env: {set(wanted) - DRIVER_ONLY - covered}"
+
+
+def test_every_rule_names_an_existing_env():
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', smk.read_text()):
+            assert (smk.parent / env).resolve().is_file(), f"{smk.name}: conda env {env} does not exist"
