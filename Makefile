@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) $(TARGET)
-	$(PY) -m pipeline inspect results/bowling/capture/train_0000.zarr --png results/bowling/capture/train_0000.png
+	$(PY) -m pipeline inspect results/bowling/capture/train_0000.zarr --png results/bowling/inspect/capture_train_0000.png
 
 test: setup
 	$(PY) -m pytest -q

@@ -127,7 +127,8 @@ def read_recording(camera: str, path: str, timeout_s: float = 600.0) -> Recordin
 
     rec = Recording(camera, str(path), name, {})
     profiles, sensors, lock = {}, [], threading.Lock()
-    domains = set()
+    domains: set[str] = set()
+    errors: list[Exception] = []  # raised in playback's thread, reported here
 
     def on_frame(frame):
         stream = _stream_name(frame.get_profile())
@@ -143,7 +144,6 @@ def read_recording(camera: str, path: str, timeout_s: float = 600.0) -> Recordin
             domains.add(str(frame.get_frame_timestamp_domain()).split(".")[-1])
             rec.frames[stream].append((frame.get_timestamp() / 1000.0, frame.get_frame_number(), image))
 
-    errors: list[Exception] = []
     for sensor in device.query_sensors():
         wanted = [p for p in sensor.get_stream_profiles() if _stream_name(p) is not None]
         if not wanted:
@@ -283,7 +283,7 @@ def ingest_realsense(cameras: dict[str, str], out: str, scene: str, episode: str
     C, T = len(recs), len(index)
     config = {"cameras": cameras, "sync_tolerance_s": tol, "max_unmatched": max_unmatched}
     attrs = {"scene": scene, "episode": episode, "split": split, "sequence": "episode", "source": "realsense",
-             "device": sorted({r.device for r in recs}), "fps": float(fps), "camera_names": list(cameras),
+             "device": ", ".join(sorted({r.device for r in recs})), "fps": float(fps), "camera_names": list(cameras),
              "streams": streams, "sync": sync}
     with ArtifactWriter(out, "capture", "ingest", config, **attrs) as g:
         for stream in streams:

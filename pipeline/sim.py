@@ -77,6 +77,8 @@ def _layout_offsets(layout: dict | None, count: int, shape: Shape, yaws: np.ndar
         if len(pts) != count:
             raise ConfigError(f"triangle layout of {layout['rows']} rows holds {len(pts)} objects, count is {count}")
         return np.array(pts), np.zeros(count, int)
+    if layout["type"] == "row":
+        return np.array([(i - (count - 1) / 2) * layout["spacing"] * along for i in range(count)]), np.zeros(count, int)
     stacks = layout["stacks"]
     if count % stacks:
         raise ConfigError(f"stack layout: count {count} is not a multiple of stacks {stacks}")

@@ -27,7 +27,7 @@ def test_real_bag_imports_with_its_recorded_intrinsics(tmp_path):
     result = _ingest_realsense(out, {"d435": bag})
     assert result.returncode == 0, result.stderr
     cap = open_artifact(out, "capture")
-    assert cap.attrs["streams"] == ["color", "depth"] and cap.attrs["device"] == ["Intel RealSense D435"]
+    assert cap.attrs["streams"] == ["color", "depth"] and cap.attrs["device"] == "Intel RealSense D435"
     assert cap["color"].shape == (1, 1, 480, 640, 3) and cap["depth"].shape == (1, 1, 480, 640)
     # Values recorded in the file (rs-enumerate-devices style intrinsics of this D435).
     np.testing.assert_allclose(cap["K_depth"][0], [[390.431, 0, 331.388], [0, 390.431, 242.187], [0, 0, 1]], atol=1e-3)
