@@ -1,5 +1,5 @@
 # From multi-view videos of colliding objects to a learned particle dynamics model.
-#   snakemake --cores 2 results/bowling/quality/capture.csv
+#   snakemake --cores 2 results/bowling/quality/capture.csv results/bowling/quality/calibration.csv
 # Each rule is a thin shell call of `python -m pipeline.<stage>`; the science lives in pipeline/.
 
 configfile: "config.yaml"
@@ -7,9 +7,15 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/capture.smk"
+include: "workflow/rules/calibration.smk"
 
 
 rule all:
     input:
-        expand("{results}/{scene}/quality/capture.csv", results=RESULTS, scene=list(config["scenes"])),
+        expand(
+            "{results}/{scene}/quality/{stage}.csv",
+            results=RESULTS,
+            scene=SCENES,
+            stage=["capture", "calibration"],
+        ),
     default_target: True

@@ -34,7 +34,7 @@ FRAME_CONVENTIONS = {
 }
 
 # Schemas this code writes and reads, and their current versions.
-SCHEMAS = {"capture": 1, "groundtruth": 1}
+SCHEMAS = {"capture": 1, "groundtruth": 1, "calibration": 1}
 
 
 class ArtifactError(RuntimeError):

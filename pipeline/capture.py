@@ -19,6 +19,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from .artifact import ArtifactWriter, frame_array, put
+from .charuco import make_board
 from .config import ConfigError, EPISODE_SPLITS, episode_names, read_scene_spec, split_of
 from .geometry import invert_T, make_T
 from .realsense import build_rig, render_unit
@@ -41,16 +42,19 @@ def episode_rng(seed: int, episode: str, purpose: int) -> np.random.Generator:
 
 # -- calibration board -----------------------------------------------------------------------------
 
-def board_object(board_cfg: dict, object_id: int = 1):
-    """The ChArUco board as a render object; returns it and T_obj_board (OpenCV board frame in object frame)."""
+def board_object(board_cfg: dict, footprint_m: float, object_id: int = 1):
+    """The ChArUco board as a render object; returns it and T_obj_board (OpenCV board frame in object frame).
+
+    ``footprint_m``: the width on the board of one camera pixel (at the nearest camera). The texture is
+    low-pass filtered to half of it, as a lens and sensor would, so that the printed corners are not
+    aliased by sampling it at pixel centres."""
     cols, rows = board_cfg["squares"]
     sq, margin, th = board_cfg["square_m"], board_cfg["square_m"] / 4, board_cfg["thickness_m"]
     ppm = 1200.0  # texture pixels per metre
-    dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, board_cfg["dictionary"]))
-    board = cv2.aruco.CharucoBoard((cols, rows), sq, board_cfg["marker_m"], dictionary)
+    board = make_board(board_cfg)
     width, height = cols * sq + 2 * margin, rows * sq + 2 * margin
     img = board.generateImage((round(width * ppm), round(height * ppm)), marginSize=round(margin * ppm))
-    img = cv2.GaussianBlur(img.astype(np.float32) / 255.0, (0, 0), 0.6)  # print and texture prefilter
+    img = cv2.GaussianBlur(img.astype(np.float32) / 255.0, (0, 0), max(0.5 * footprint_m * ppm, 0.6))
     img = 0.05 + 0.85 * img  # matte black ink and paper
     size = (width, height, max(th, 1e-4))
     shape = Shape([Part(Box(size), np.eye(4), {"type": "box", "size": list(size)})], centred=True)
@@ -93,8 +97,11 @@ def _create_image_arrays(group, names, C, T, rig_cfg):
 
 
 def write_episode(spec: dict, episode: str, capture_path: str, gt_path: str) -> None:
-    rig_cfg, scene_cfg = spec["rig"], spec["scene"]
     is_calib = episode == CALIBRATION
+    missing = {"name", "rig", "table", CALIBRATION if is_calib else "scene"} - set(spec)
+    if missing:
+        raise ConfigError(f"the spec of scene {spec.get('name')!r} lacks {sorted(missing)}, needed for episode {episode!r}")
+    rig_cfg, scene_cfg = spec["rig"], spec.get("scene")
     seed = spec["calibration"]["seed"] if is_calib else scene_cfg["seed"]
     if not is_calib and episode not in episode_names(scene_cfg):
         raise ConfigError(f"episode '{episode}' is not one of scene '{spec['name']}': {episode_names(scene_cfg)}")
@@ -104,7 +111,8 @@ def write_episode(spec: dict, episode: str, capture_path: str, gt_path: str) -> 
 
     if is_calib:
         frames, fps = spec["calibration"]["frames"], 1.0
-        board, T_obj_board = board_object(spec["calibration"]["board"])
+        footprint = min(np.linalg.norm(invert_T(u.color.T_cw)[:3, 3]) / u.color.K[0, 0] for u in rig)
+        board, T_obj_board = board_object(spec["calibration"]["board"], footprint)
         poses = calibration_poses(spec["calibration"]["board"], frames, rng_scene)[:, None]
         objects = [board]
         names, groups = ["board"], ["board"]
@@ -123,7 +131,7 @@ def write_episode(spec: dict, episode: str, capture_path: str, gt_path: str) -> 
     cap_attrs = {**common, "sequence": CALIBRATION if is_calib else "episode", "source": "synthetic",
                  "device": "simulated Intel RealSense D455", "fps": fps, "camera_names": [u.name for u in rig],
                  "streams": ["color", "depth", "ir_left", "ir_right"]}
-    config = spec if not is_calib else {k: spec[k] for k in ("name", "rig", "table", "calibration")}
+    config = {k: spec[k] for k in ("name", "rig", "table", CALIBRATION if is_calib else "scene")}
     with ArtifactWriter(capture_path, "capture", "capture", config, **cap_attrs) as cap, \
             ArtifactWriter(gt_path, "groundtruth", "capture", config, **common,
                            sequence=cap_attrs["sequence"], object_names=names, object_groups=groups) as gt:

@@ -59,6 +59,22 @@ def validate_config(config: dict, source: str = "config") -> dict:
     return config
 
 
+def validate_section(value: dict, path: str, source: str) -> dict:
+    """Validate one part of a config (``path`` such as ``calibration/board``, or ``$defs/scene`` for a
+    definition) against its place in the schema, filling defaults."""
+    schema = load_schema()
+    keys = path.split("/")
+    node = schema["$defs"][keys[1]] if keys[0] == "$defs" else schema
+    for key in keys[2:] if keys[0] == "$defs" else keys:
+        node = node["properties"][key]
+    sub = {**node, "$defs": schema.get("$defs", {})}
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(cls(sub).iter_errors(value), key=lambda e: len(list(e.absolute_path)))
+    if errors:
+        raise ConfigError(f"{source}: {_best_message(errors[0])}")
+    return value
+
+
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -85,17 +101,19 @@ def split_of(episode: str) -> str:
     return split
 
 
-def scene_spec(config: dict, scene: str) -> dict:
-    """Everything that shapes one scene's capture: the rig, the table, the calibration board, the scene."""
+SPEC_SECTIONS = ("rig", "table", "calibration", "scene")
+SECTION_SCHEMA = {"rig": "rig", "table": "table", "calibration": "calibration", "scene": "$defs/scene"}
+
+
+def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIONS) -> dict:
+    """What shapes one scene's stage: its name and the chosen config sections (the rig, the table, the
+    calibration board, the scene itself). A stage is given only the sections it reads, so that Snakemake
+    reruns it when those change and not otherwise."""
     if scene not in config["scenes"]:
         raise ConfigError(f"scene '{scene}' is not in the config (have: {', '.join(config['scenes'])})")
-    return {
-        "name": scene,
-        "rig": config["rig"],
-        "table": config["table"],
-        "calibration": config["calibration"],
-        "scene": config["scenes"][scene],
-    }
+    full = {"rig": config["rig"], "table": config["table"], "calibration": config["calibration"],
+            "scene": config["scenes"][scene]}
+    return {"name": scene, **{k: full[k] for k in sections}}
 
 
 def config_hash(values: dict) -> str:
@@ -111,10 +129,12 @@ def read_scene_spec(config_path: str | None, scene: str | None, spec_json: str |
     """
     if spec_json is not None:
         spec = json.loads(spec_json)
-        wrapper = {"results": "results", "rig": spec["rig"], "calibration": spec["calibration"],
-                   "table": spec["table"], "scenes": {spec["name"]: spec["scene"]}}
-        validate_config(wrapper, "--spec")
-        return scene_spec(wrapper, spec["name"])
+        unknown = set(spec) - {"name", *SPEC_SECTIONS}
+        if unknown or "name" not in spec:
+            raise ConfigError(f"--spec: expected 'name' and sections of {SPEC_SECTIONS}, got {sorted(spec)}")
+        for section in set(spec) & set(SPEC_SECTIONS):
+            validate_section(spec[section], SECTION_SCHEMA[section], f"--spec {section}")
+        return spec
     if config_path is None or scene is None:
         raise ConfigError("give --config FILE and --scene NAME, or --spec JSON")
     return scene_spec(load_config(config_path), scene)

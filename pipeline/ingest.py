@@ -11,7 +11,8 @@ colour); across cameras, framesets are matched to the first camera's by timestam
 domain or hardware sync). Frames left out are counted per camera and stream, printed and stored in the
 ``sync`` attribute; a camera that loses more than ``--max-unmatched`` of its frames is an error.
 
-A folder of images, one file per camera and frame (``{camera}`` and ``{frame}`` in the patterns):
+A folder of images, one file per camera and frame (``{camera}`` and ``{frame}`` in the patterns), or
+one video per camera (``--color 'cam_{camera}.mp4'``, every ``--frame-step``-th frame):
 
     python -m pipeline.ingest images DIR --cameras 0 1 2 3 --color 'img_{camera}.png' \\
         --intrinsics intr_list.npy --out results/demo/capture/test_0000.zarr
@@ -324,16 +325,39 @@ def _put_extrinsics(g, recs: list[Recording], name: str, needed: bool, maps: str
 
 # -- folders of images -----------------------------------------------------------------------------
 
-def _frame_files(root: Path, pattern: str, camera: str) -> dict[int, Path]:
-    """{frame index: file} for one camera; a pattern without {frame} is a single frame (index 0)."""
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+
+
+def _video_frames(path: Path, step: int) -> dict[int, np.ndarray]:
+    """{frame index: RGB image} of every ``step``-th frame of a video file."""
+    reader = cv2.VideoCapture(str(path))
+    if not reader.isOpened():
+        raise IngestError(f"{path}: not a readable video")
+    frames, index = {}, 0
+    while True:
+        ok, bgr = reader.read()
+        if not ok:
+            break
+        if index % step == 0:
+            frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        index += 1
+    reader.release()
+    return frames
+
+
+def _frame_files(root: Path, pattern: str, camera: str, step: int = 1) -> dict[int, Path | np.ndarray]:
+    """{frame index: file} for one camera (every ``step``-th); a pattern without {frame} is a single
+    image (index 0) or a video (one entry per frame, decoded)."""
     rel = pattern.replace("{camera}", camera)
     if "{frame}" not in rel:
-        return {0: root / rel} if (root / rel).is_file() else {}
+        if not (root / rel).is_file():
+            return {}
+        return _video_frames(root / rel, step) if rel.lower().endswith(VIDEO_SUFFIXES) else {0: root / rel}
     regex = re.compile(re.escape(rel).replace(re.escape("{frame}"), r"(\d+)") + "$")
     found = {}
     for p in root.glob(rel.replace("{frame}", "*")):
         m = regex.search(p.relative_to(root).as_posix())
-        if m:
+        if m and int(m.group(1)) % step == 0:
             found[int(m.group(1))] = p
     return dict(sorted(found.items()))
 
@@ -361,7 +385,9 @@ def _read_intrinsics(path: Path, cameras: list[str]) -> tuple[np.ndarray, np.nda
     raise IngestError(f"{path}: intrinsics must be a .npy (C, 3, 3) or a .json keyed by camera")
 
 
-def _read_image(path: Path, stream: str) -> np.ndarray:
+def _read_image(path: Path | np.ndarray, stream: str) -> np.ndarray:
+    if isinstance(path, np.ndarray):  # a decoded video frame
+        return path
     if stream == "color":
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
@@ -377,12 +403,12 @@ def _read_image(path: Path, stream: str) -> np.ndarray:
 
 def ingest_images(root: str, cameras: list[str], out: str, color: str, depth: str | None, intrinsics: str,
                   scene: str, episode: str, split: str, fps: float = 30.0, depth_scale_m: float = 0.001,
-                  cam_to_world: tuple[str, str] | None = None) -> None:
+                  cam_to_world: tuple[str, str] | None = None, step: int = 1, sequence: str = "episode") -> None:
     root_path = Path(root)
     if not root_path.is_dir():
         raise IngestError(f"image folder {root} does not exist")
     patterns = {"color": color, **({"depth": depth} if depth else {})}
-    files = {s: {c: _frame_files(root_path, p, c) for c in cameras} for s, p in patterns.items()}
+    files = {s: {c: _frame_files(root_path, p, c, step) for c in cameras} for s, p in patterns.items()}
     for stream, per_cam in files.items():
         for c, found in per_cam.items():
             if not found:
@@ -399,11 +425,14 @@ def ingest_images(root: str, cameras: list[str], out: str, color: str, depth: st
     first = {s: {c: _read_image(files[s][c][frames[c][0]], s) for c in cameras} for s in patterns}
     for s in patterns:
         _check_same({c: list(first[s][c].shape[:2]) for c in cameras}, f"{s} resolution",
-                    {c: str(files[s][c][frames[c][0]]) for c in cameras})
+                    {c: patterns[s].replace("{camera}", c) for c in cameras})
     config = {"root": str(root), "cameras": cameras, "patterns": patterns, "intrinsics": intrinsics, "fps": fps,
-              "depth_scale_m": depth_scale_m, "cam_to_world": list(cam_to_world) if cam_to_world else None}
+              "depth_scale_m": depth_scale_m, "cam_to_world": list(cam_to_world) if cam_to_world else None,
+              "frame_step": step}
     streams = [s for s in STREAMS if s in patterns]
-    attrs = {"scene": scene, "episode": episode, "split": split, "sequence": "episode", "source": "images",
+    if sequence == "calibration":
+        episode = split = "calibration"
+    attrs = {"scene": scene, "episode": episode, "split": split, "sequence": sequence, "source": "images",
              "device": "image folder", "fps": fps, "camera_names": cameras, "streams": streams,
              "frame_indices": {c: frames[c] for c in cameras}}
     with ArtifactWriter(out, "capture", "ingest", config, **attrs) as g:
@@ -414,9 +443,10 @@ def ingest_images(root: str, cameras: list[str], out: str, color: str, depth: st
                 for t, k in enumerate(frames[cam]):
                     img = _read_image(files[s][cam][k], s)
                     if img.shape != sample.shape:
-                        raise IngestError(f"{files[s][cam][k]}: shape {img.shape}, expected {sample.shape}")
+                        raise IngestError(f"camera {cam} frame {k}: shape {img.shape}, expected {sample.shape}")
                     arr[c, t] = img
-        put(g, "timestamps", np.tile(np.arange(T) / fps, (C, 1)), {"unit": "s", "note": "frame index / fps"})
+        put(g, "timestamps", np.array([frames[c] for c in cameras], dtype=float) / fps,
+            {"unit": "s", "note": "frame index / fps"})
         put(g, "K_color", K)
         put(g, "dist_color", dist, {"model": DIST_MODEL})
         if depth:
@@ -460,6 +490,9 @@ def main(argv=None) -> int:
             p.add_argument("--depth-scale", type=float, default=0.001)
             p.add_argument("--intrinsics", default="intrinsics.json")
             p.add_argument("--fps", type=float, default=30.0)
+            p.add_argument("--frame-step", type=int, default=1, help="keep every n-th frame")
+            p.add_argument("--sequence", choices=["episode", "calibration"], default="episode",
+                           help="'calibration' for a board sequence the rig is calibrated from")
             p.add_argument("--cam-to-world", nargs=2, metavar=("R.npy", "t.npy"),
                            help="the lab's calibration: camera-to-world rotations (C,3,3) and translations (C,3)")
     args = ap.parse_args(argv)
@@ -478,7 +511,7 @@ def main(argv=None) -> int:
         else:
             ingest_images(args.root, args.cameras, args.out, args.color, args.depth, args.intrinsics, args.scene,
                           args.episode, args.split, args.fps, args.depth_scale,
-                          tuple(args.cam_to_world) if args.cam_to_world else None)
+                          tuple(args.cam_to_world) if args.cam_to_world else None, args.frame_step, args.sequence)
     except IngestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

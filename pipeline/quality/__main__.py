@@ -1,9 +1,9 @@
 """python -m pipeline.quality STAGE ...: write a stage's quality report (see each stage's --help)."""
 import sys
 
-from . import capture
+from . import calibration, capture
 
-STAGES = {"capture": capture.main}
+STAGES = {"capture": capture.main, "calibration": calibration.main}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in STAGES:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import cv2
 import numpy as np
 
 from ..artifact import ArtifactError, open_artifact
+from ..charuco import Detector
 from ..geometry import backproject, invert_T, project, transform_points
 from ..shapes import Shape
 from . import write_report
@@ -148,18 +148,11 @@ def sensor_depth_figures(cap, gt) -> dict:
 
 
 def charuco_corner_fraction(cap, board: dict) -> float:
-    dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, board["dictionary"]))
-    cb = cv2.aruco.CharucoBoard(tuple(board["squares"]), board["square_m"], board["marker_m"], dictionary)
-    detector = cv2.aruco.CharucoDetector(cb)
-    n_corners = (board["squares"][0] - 1) * (board["squares"][1] - 1)
-    fracs = []
+    """Mean share of the board's corners detected per view and frame."""
+    detector = Detector(board)
     C, T = cap["color"].shape[:2]
-    for c in range(C):
-        for t in range(T):
-            grey = cv2.cvtColor(cap["color"][c, t], cv2.COLOR_RGB2GRAY)
-            corners, _, _, _ = detector.detectBoard(grey)
-            fracs.append(0 if corners is None else len(corners) / n_corners)
-    return float(np.mean(fracs))
+    return float(np.mean([len(detector.detect(cap["color"][c, t])[0]) / detector.n_corners
+                          for c in range(C) for t in range(T)]))
 
 
 def episode_rows(capture_path: str, gt_path: str) -> list[dict]:

@@ -7,7 +7,7 @@ rule capture:
         capture=directory(f"{RESULTS}/{{scene}}/capture/{{episode}}.zarr"),
         groundtruth=directory(f"{RESULTS}/{{scene}}/groundtruth/{{episode}}.zarr"),
     params:
-        spec=spec_json,
+        spec=capture_spec,
     log:
         f"{RESULTS}/{{scene}}/logs/capture/{{episode}}.log",
     benchmark:

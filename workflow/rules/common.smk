@@ -13,9 +13,19 @@ wildcard_constraints:
     episode=r"(train|val|test)_\d{4}|calibration",
 
 
-def spec_json(wildcards):
-    """The scene's validated config section as JSON: the stage reads it, and Snakemake reruns on change."""
-    return json.dumps(scene_spec(config, wildcards.scene), sort_keys=True)
+def _spec(scene, sections):
+    return json.dumps(scene_spec(config, scene, sections), sort_keys=True)
+
+
+def capture_spec(wildcards):
+    """The config sections a capture reads, as JSON: the stage gets them and Snakemake reruns on change."""
+    if wildcards.episode == "calibration":
+        return _spec(wildcards.scene, ("rig", "table", "calibration"))
+    return _spec(wildcards.scene, ("rig", "table", "scene"))
+
+
+def calibration_spec(wildcards):
+    return _spec(wildcards.scene, ("calibration",))
 
 
 def scene_episodes(scene):
