@@ -1,5 +1,5 @@
 # From multi-view videos of colliding objects to a learned particle dynamics model.
-#   snakemake --cores 2 results/bowling/quality/capture.csv results/bowling/quality/calibration.csv
+#   snakemake --cores 2 results/bowling/quality/{capture,calibration,depth}.csv
 # Each rule is a thin shell call of `python -m pipeline.<stage>`; the science lives in pipeline/.
 
 configfile: "config.yaml"
@@ -8,6 +8,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/capture.smk"
 include: "workflow/rules/calibration.smk"
+include: "workflow/rules/depth.smk"
 
 
 rule all:
@@ -16,6 +17,6 @@ rule all:
             "{results}/{scene}/quality/{stage}.csv",
             results=RESULTS,
             scene=SCENES,
-            stage=["capture", "calibration"],
+            stage=["capture", "calibration", "depth"],
         ),
     default_target: True

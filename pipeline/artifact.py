@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,8 +34,11 @@ FRAME_CONVENTIONS = {
     "quaternion": "(x, y, z, w)",
 }
 
+# Snakemake leaves a timestamp file inside directory outputs; it is not part of the zarr hierarchy.
+warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized")
+
 # Schemas this code writes and reads, and their current versions.
-SCHEMAS = {"capture": 1, "groundtruth": 1, "calibration": 1}
+SCHEMAS = {"capture": 1, "groundtruth": 1, "calibration": 1, "depth": 1}
 
 
 class ArtifactError(RuntimeError):

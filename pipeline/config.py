@@ -101,8 +101,9 @@ def split_of(episode: str) -> str:
     return split
 
 
-SPEC_SECTIONS = ("rig", "table", "calibration", "scene")
-SECTION_SCHEMA = {"rig": "rig", "table": "table", "calibration": "calibration", "scene": "$defs/scene"}
+SPEC_SECTIONS = ("rig", "table", "calibration", "depth", "scene")
+SECTION_SCHEMA = {"rig": "rig", "table": "table", "calibration": "calibration", "depth": "depth",
+                  "scene": "$defs/scene"}
 
 
 def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIONS) -> dict:
@@ -112,7 +113,7 @@ def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIO
     if scene not in config["scenes"]:
         raise ConfigError(f"scene '{scene}' is not in the config (have: {', '.join(config['scenes'])})")
     full = {"rig": config["rig"], "table": config["table"], "calibration": config["calibration"],
-            "scene": config["scenes"][scene]}
+            "depth": config["depth"], "scene": config["scenes"][scene]}
     return {"name": scene, **{k: full[k] for k in sections}}
 
 

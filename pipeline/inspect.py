@@ -114,6 +114,13 @@ def contact_sheet(group: zarr.Group) -> np.ndarray:
         panels = [("ids", lambda c, t: colourise_ids(group["ids_color"][c, t])),
                   ("true depth", lambda c, t: colourise_depth(group["depth_color"][c, t], lo, hi))]
         names = [f"cam{c}" for c in range(C)]
+    elif schema == "depth":
+        C, T = group["depth"].shape[:2]
+        h, w = group["depth"].shape[2:4]
+        lo, hi = _depth_range(group["depth"][:, 0])
+        panels = [("depth", lambda c, t: colourise_depth(group["depth"][c, t], lo, hi)),
+                  ("confidence", lambda c, t: group["confidence"][c, t])]
+        names = group.attrs["camera_names"]
     else:
         raise ArtifactError(f"no picture is defined for schema {schema!r}")
     frames = sorted(set([0, T // 2, T - 1]))

@@ -28,5 +28,9 @@ def calibration_spec(wildcards):
     return _spec(wildcards.scene, ("calibration",))
 
 
+def depth_spec(wildcards):
+    return _spec(wildcards.scene, ("depth",))
+
+
 def scene_episodes(scene):
     return episode_names(config["scenes"][scene])

@@ -1,0 +1,126 @@
+"""Stage `depth`: metric depth per camera and frame, registered into the colour camera.
+
+    python -m pipeline.depth --capture results/bowling/capture/train_0000.zarr --config config.yaml \\
+        --out results/bowling/depth/train_0000.zarr
+
+``stereo`` (the default) rectifies each unit's infrared pair, matches it with OpenCV StereoSGBM (left-right
+check, sub-pixel disparities, occlusion filling; see ``stereo.match``), turns disparity into depth
+z = f b / d and splats it into the colour camera through the unit's own depth-to-colour extrinsics.
+``sensor`` registers the depth the unit recorded instead. Confidence is 255 where the matcher (or the
+sensor) measured the pixel and lower where the value was filled in; 0 where there is no depth.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
+from .config import ConfigError, read_scene_spec
+from .geometry import backproject, invert_T
+from .stereo import MatcherParams, disparity_to_points, match, rectify, register
+
+MEASURED, FILLED = 255, 64
+
+
+class DepthError(RuntimeError):
+    """A capture depth cannot be computed from; the message names the camera or frame."""
+
+
+def stereo_points(params: MatcherParams, rect, left: np.ndarray, right: np.ndarray):
+    """(N,3) left-camera points and their confidences from one infrared pair."""
+    left_r = cv2.remap(left, *rect.maps_left, cv2.INTER_LINEAR)
+    right_r = cv2.remap(right, *rect.maps_right, cv2.INTER_LINEAR)
+    disparity, matched = match(left_r, right_r, params)
+    points, flat = disparity_to_points(disparity, rect)
+    confidence = np.where(matched.ravel()[flat], MEASURED, FILLED).astype(np.uint8)
+    return points, confidence
+
+
+def sensor_points(depth_units: np.ndarray, scale: float, K: np.ndarray):
+    """(N,3) depth-camera points of the unit's own depth image, with full confidence."""
+    z = depth_units.astype(np.float32) * scale
+    pts = backproject(K, z).reshape(-1, 3)
+    keep = z.ravel() > 0
+    return pts[keep], np.full(int(keep.sum()), MEASURED, dtype=np.uint8)
+
+
+def write_depth(capture_path: str, method: str, params: MatcherParams, out: str) -> dict:
+    cap = open_artifact(capture_path, "capture")
+    names = list(cap.attrs["camera_names"])
+    streams = cap.attrs["streams"]
+    need = {"stereo": ["ir_left", "ir_right"], "sensor": ["depth"]}[method]
+    for s in need + ["color"]:
+        if s not in streams:
+            raise DepthError(f"{capture_path}: method '{method}' needs the {s} stream; the capture has {streams}")
+    if "T_color_depth" not in cap:
+        raise DepthError(f"{capture_path}: no depth-to-colour extrinsics (T_color_depth) to register depth with")
+    C, T, H, W = cap["color"].shape[:4]
+    K_color, K_depth = cap["K_color"][:], cap["K_depth"][:]
+    T_color_depth = cap["T_color_depth"][:]
+    rects = []
+    if method == "stereo":
+        if "T_irright_depth" not in cap:
+            raise DepthError(f"{capture_path}: no infrared-left to infrared-right extrinsics (T_irright_depth)")
+        hd, wd = cap["ir_left"].shape[2:4]
+        for c in range(C):
+            try:
+                rects.append(rectify(K_depth[c], cap["dist_depth"][c], K_depth[c], cap["dist_depth"][c],
+                                     cap["T_irright_depth"][c], (wd, hd)))
+            except ValueError as e:
+                raise DepthError(f"camera {names[c]}: {e}") from e
+    config = {"method": method, "matcher": vars(params) if method == "stereo" else None}
+    attrs = {k: cap.attrs[k] for k in ("scene", "episode", "split", "camera_names")}
+    valid_share = np.zeros((C, T))
+    with ArtifactWriter(out, "depth", "depth", config, **attrs, method=method, source_capture=str(capture_path),
+                        frame="colour camera of each unit") as g:
+        depth_arr = frame_array(g, "depth", (C, T, H, W), "float32")
+        depth_arr.attrs.update(unit="m", invalid=0)
+        conf_arr = frame_array(g, "confidence", (C, T, H, W), "uint8")
+        conf_arr.attrs.update(measured=MEASURED, filled=FILLED, none=0)
+        for t in tqdm(range(T), desc=f"depth ({method})", unit="frame", file=sys.stderr):
+            for c in range(C):
+                if method == "stereo":
+                    pts, conf = stereo_points(params, rects[c], cap["ir_left"][c, t], cap["ir_right"][c, t])
+                else:
+                    pts, conf = sensor_points(cap["depth"][c, t], float(cap["depth_scale_m"][c]), K_depth[c])
+                depth, confidence = register(pts, conf, T_color_depth[c], K_color[c], (W, H))
+                depth_arr[c, t] = depth
+                conf_arr[c, t] = confidence
+                valid_share[c, t] = (depth > 0).mean()
+        if valid_share.max() == 0:
+            raise DepthError(f"{capture_path}: no camera has valid depth in any frame")
+        put(g, "K", K_color, {"note": "the colour camera's intrinsics: depth is registered into it"})
+        put(g, "valid_share", valid_share, {"what": "share of pixels with depth, per camera and frame"})
+    return {"valid_share": valid_share}
+
+
+def matcher_params(depth_cfg: dict) -> MatcherParams:
+    return MatcherParams(**depth_cfg["matcher"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.depth", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--capture", required=True)
+    ap.add_argument("--config", help="config.yaml (with --scene): its depth section")
+    ap.add_argument("--scene")
+    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+    ap.add_argument("--out", required=True, help="depth artifact to write (.zarr)")
+    args = ap.parse_args(argv)
+    try:
+        spec = read_scene_spec(args.config, args.scene, args.spec)
+        if "depth" not in spec:
+            raise ConfigError("the spec has no depth section")
+        write_depth(args.capture, spec["depth"]["method"], matcher_params(spec["depth"]), args.out)
+    except (ConfigError, ArtifactError, DepthError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Depth: the matcher on real and synthetic pairs, registration, the stage against ground truth, bad input."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.artifact import ArtifactWriter, open_artifact, put
+from pipeline.depth import DepthError, write_depth
+from pipeline.geometry import make_T
+from pipeline.quality.depth import bad1_fraction, depth_figures
+from pipeline.stereo import MatcherParams, match, rectify, register
+
+from .conftest import external, run_module
+
+
+def _params(default_config, **change):
+    return MatcherParams(**{**default_config["depth"]["matcher"], **change})
+
+
+def test_tsukuba_bad1(default_config):
+    root = external("opencv-contrib-stereo")
+    left = cv2.imread(str(root / "imL2l.bmp"), cv2.IMREAD_GRAYSCALE)
+    right = cv2.imread(str(root / "imL2.bmp"), cv2.IMREAD_GRAYSCALE)
+    gt = cv2.imread(str(root / "groundtruth.bmp"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 16.0
+    # Tsukuba's disparities stay below 16 px: the configured matcher with a 16 px search.
+    assert bad1_fraction(left, right, gt, _params(default_config, num_disparities=16)) <= 0.05
+
+
+def test_subpixel_disparity_of_a_shifted_random_dot_pair(default_config):
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (120, 400)).astype(np.float32), (0, 0), 1.0)
+    shift = 23.4
+    left = texture[:, 60:300]
+    xs = np.arange(60, 300, dtype=np.float32) + shift  # right(x - d) = left(x)
+    right = cv2.remap(texture, np.tile(xs, (120, 1)), np.tile(np.arange(120, dtype=np.float32)[:, None], (1, 240)),
+                      cv2.INTER_CUBIC)
+    disparity, matched = match(left.astype(np.uint8), right.astype(np.uint8), _params(default_config))
+    inner = disparity[10:-10, 80:-10]
+    assert matched[10:-10, 80:-10].mean() > 0.95
+    # SGBM's parabola interpolation pulls towards whole pixels ("pixel locking"): 0.2 px at a 0.4 px phase.
+    assert abs(np.median(inner) - shift) < 0.25
+
+
+def test_registration_of_a_plane_is_exact():
+    K = np.array([[100.0, 0, 39.5], [0, 100.0, 29.5], [0, 0, 1]])
+    v, u = np.mgrid[0:240, 0:320] / 4.0 - 0.375  # a 4x denser grid of points on the plane z = 0.8
+    pts = np.stack([(u - 39.5) * 0.8 / 100, (v - 29.5) * 0.8 / 100, np.full(u.shape, 0.8)], -1).reshape(-1, 3)
+    T = make_T(np.eye(3), np.array([0.0, 0.0, 0.2]))  # the destination camera 0.2 m further back
+    depth, ids = register(pts, np.ones(len(pts), np.uint8), T, K, (80, 60))
+    # The source sees a wider field: its points cover the middle 80 % of the destination image.
+    assert (depth[8:-8, 10:-10] > 0).all() and np.allclose(depth[depth > 0], 1.0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, bound", [("stereo", 0.1), ("sensor", 0.03)])
+def test_depth_stage_on_a_small_episode(bowling_episode, default_config, tmp_path, method, bound):
+    out = tmp_path / "depth.zarr"
+    spec = json.dumps({"name": "bowling", "depth": {**default_config["depth"], "method": method}})
+    result = run_module("pipeline.depth", "--capture", str(bowling_episode[0]), "--spec", spec, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    figures = depth_figures(open_artifact(out, "depth"), open_artifact(bowling_episode[1], "groundtruth"))
+    # At 160x120 a pin is a few pixels wide and disparities are about 13 px: far coarser than the default.
+    assert figures["abs_rel"][0] < bound and figures["valid_frac"][0] > 0.8
+
+
+def _capture_copy(src, dst, edit):
+    """A copy of a capture artifact with some arrays changed by ``edit(dict of arrays)``."""
+    cap = open_artifact(src, "capture")
+    arrays = {k: cap[k][:] for k in cap.keys()}
+    edit(arrays)
+    with ArtifactWriter(dst, "capture", "capture", dict(cap.attrs["config"]),
+                        **{k: v for k, v in cap.attrs.items() if k in ("scene", "episode", "split", "camera_names",
+                                                                       "streams", "sequence", "source")}) as g:
+        for k, v in arrays.items():
+            put(g, k, v)
+
+
+@pytest.mark.slow
+def test_bad_depth_inputs(bowling_episode, default_config, tmp_path):
+    params = _params(default_config)
+    no_baseline = tmp_path / "no_baseline.zarr"
+    _capture_copy(bowling_episode[0], no_baseline, lambda a: a["T_irright_depth"].__setitem__(
+        slice(None), np.tile(np.eye(4), (4, 1, 1))))
+    with pytest.raises(DepthError, match="camera cam0: the infrared pair has no baseline"):
+        write_depth(str(no_baseline), "stereo", params, str(tmp_path / "d.zarr"))
+    blank = tmp_path / "blank.zarr"
+    _capture_copy(bowling_episode[0], blank, lambda a: a["depth"].__setitem__(slice(None), 0))
+    with pytest.raises(DepthError, match="no camera has valid depth"):
+        write_depth(str(blank), "sensor", params, str(tmp_path / "d.zarr"))
+    assert not (tmp_path / "d.zarr").exists()
+    result = run_module("pipeline.depth", "--capture", str(blank), "--spec", json.dumps(
+        {"name": "bowling", "depth": {"method": "sensor", "matcher": {"num_disparities": 40}}}),
+        "--out", str(tmp_path / "d.zarr"))
+    assert result.returncode != 0 and "num_disparities" in result.stderr
