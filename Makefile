@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-TARGET ?= results/bowling/quality/capture.csv results/bowling/quality/calibration.csv results/bowling/quality/depth.csv
+TARGET ?= $(foreach stage,capture calibration depth masks,results/bowling/quality/$(stage).csv)
 CORES ?= 2
 
 .PHONY: setup run test bench clean

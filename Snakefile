@@ -1,5 +1,5 @@
 # From multi-view videos of colliding objects to a learned particle dynamics model.
-#   snakemake --cores 2 results/bowling/quality/{capture,calibration,depth}.csv
+#   snakemake --cores 2 results/bowling/quality/{capture,calibration,depth,masks}.csv
 # Each rule is a thin shell call of `python -m pipeline.<stage>`; the science lives in pipeline/.
 
 configfile: "config.yaml"
@@ -9,6 +9,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/capture.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/depth.smk"
+include: "workflow/rules/masks.smk"
 
 
 rule all:
@@ -17,6 +18,6 @@ rule all:
             "{results}/{scene}/quality/{stage}.csv",
             results=RESULTS,
             scene=SCENES,
-            stage=["capture", "calibration", "depth"],
+            stage=["capture", "calibration", "depth", "masks"],
         ),
     default_target: True

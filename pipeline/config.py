@@ -101,8 +101,8 @@ def split_of(episode: str) -> str:
     return split
 
 
-SPEC_SECTIONS = ("rig", "table", "calibration", "depth", "scene")
-SECTION_SCHEMA = {"rig": "rig", "table": "table", "calibration": "calibration", "depth": "depth",
+SPEC_SECTIONS = ("rig", "table", "calibration", "depth", "masks", "scene")
+SECTION_SCHEMA = {"rig": "rig", "table": "table", "calibration": "calibration", "depth": "depth", "masks": "masks",
                   "scene": "$defs/scene"}
 
 
@@ -113,7 +113,7 @@ def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIO
     if scene not in config["scenes"]:
         raise ConfigError(f"scene '{scene}' is not in the config (have: {', '.join(config['scenes'])})")
     full = {"rig": config["rig"], "table": config["table"], "calibration": config["calibration"],
-            "depth": config["depth"], "scene": config["scenes"][scene]}
+            "depth": config["depth"], "masks": config["masks"], "scene": config["scenes"][scene]}
     return {"name": scene, **{k: full[k] for k in sections}}
 
 

@@ -121,6 +121,11 @@ def contact_sheet(group: zarr.Group) -> np.ndarray:
         panels = [("depth", lambda c, t: colourise_depth(group["depth"][c, t], lo, hi)),
                   ("confidence", lambda c, t: group["confidence"][c, t])]
         names = group.attrs["camera_names"]
+    elif schema == "masks":
+        C, T = group["ids"].shape[:2]
+        h, w = group["ids"].shape[2:4]
+        panels = [("ids", lambda c, t: colourise_ids(group["ids"][c, t]))]
+        names = group.attrs["camera_names"]
     else:
         raise ArtifactError(f"no picture is defined for schema {schema!r}")
     frames = sorted(set([0, T // 2, T - 1]))

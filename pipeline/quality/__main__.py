@@ -1,9 +1,9 @@
 """python -m pipeline.quality STAGE ...: write a stage's quality report (see each stage's --help)."""
 import sys
 
-from . import calibration, capture, depth
+from . import calibration, capture, depth, masks
 
-STAGES = {"capture": capture.main, "calibration": calibration.main, "depth": depth.main}
+STAGES = {"capture": capture.main, "calibration": calibration.main, "depth": depth.main, "masks": masks.main}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in STAGES:

@@ -32,5 +32,9 @@ def depth_spec(wildcards):
     return _spec(wildcards.scene, ("depth",))
 
 
+def masks_spec(wildcards):
+    return _spec(wildcards.scene, ("masks",))
+
+
 def scene_episodes(scene):
     return episode_names(config["scenes"][scene])

@@ -1,0 +1,40 @@
+# Stage `masks`: instance masks per view and frame, one id per object across all views and frames.
+
+
+rule masks:
+    input:
+        depth=f"{RESULTS}/{{scene}}/depth/{{episode}}.zarr",
+        calibration=f"{RESULTS}/{{scene}}/calibration.zarr",
+    output:
+        directory(f"{RESULTS}/{{scene}}/masks/{{episode}}.zarr"),
+    params:
+        spec=masks_spec,
+    log:
+        f"{RESULTS}/{{scene}}/logs/masks/{{episode}}.log",
+    benchmark:
+        f"{RESULTS}/{{scene}}/benchmarks/masks/{{episode}}.tsv"
+    conda:
+        "../../envs/capture.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "python -m pipeline.masks --depth {input.depth} --calibration {input.calibration} "
+        "--spec {params.spec:q} --out {output} 2> {log}"
+
+
+rule quality_masks:
+    input:
+        masks=lambda w: expand(f"{RESULTS}/{w.scene}/masks/{{episode}}.zarr", episode=scene_episodes(w.scene)),
+        groundtruth=lambda w: expand(
+            f"{RESULTS}/{w.scene}/groundtruth/{{episode}}.zarr", episode=scene_episodes(w.scene)
+        ),
+    output:
+        f"{RESULTS}/{{scene}}/quality/masks.csv",
+    log:
+        f"{RESULTS}/{{scene}}/logs/quality/masks.log",
+    conda:
+        "../../envs/capture.yaml"
+    shell:
+        "python -m pipeline.quality masks --masks {input.masks} --groundtruth {input.groundtruth} "
+        "--out {output} 2> {log}"
