@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs (see README.md):
-#   make run    set up .venv and capture the default bowling scene, with its quality report
+#   make run    set up .venv and run the default bowling scene through every stage built so far
 #   make test   set up .venv and run the tests
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -26,8 +26,10 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+# bench/stages.py times the stages after capture on the artifacts `make run` left in results/.
 bench: setup
 	$(PY) bench/capture.py
+	$(PY) bench/stages.py
 
 clean:
 	rm -rf results .snakemake

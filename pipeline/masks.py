@@ -190,16 +190,14 @@ def write_masks(depth_path: str, calibration_path: str, cfg: dict, out: str) -> 
     velocity: dict[int, np.ndarray] = {}
     prev_centroids: dict[int, np.ndarray] = {}
     counts = np.zeros(T, int)
-    config = cfg
     attrs = {k: depth_art.attrs[k] for k in ("scene", "episode", "split", "camera_names")}
-    with ArtifactWriter(out, "masks", "masks", config, **attrs, backend="fused", source_depth=str(depth_path),
+    with ArtifactWriter(out, "masks", "masks", cfg, **attrs, backend="fused", source_depth=str(depth_path),
                         source_calibration=str(calibration_path)) as g:
         ids = frame_array(g, "ids", (C, T, H, W), "uint16")
         ids.attrs.update(background=0)
         for t in tqdm(range(T), desc="masks (fused)", unit="frame", file=sys.stderr):
-            per_view = [world_points(depth_art["depth"][c, t], depth_art["confidence"][c, t], K[c], T_cw[c], min_conf)
-                        for c in range(C)]
-            depths = np.stack([depth_art["depth"][c, t] for c in range(C)])
+            depths, confidence = depth_art["depth"][:, t], depth_art["confidence"][:, t]
+            per_view = [world_points(depths[c], confidence[c], K[c], T_cw[c], min_conf) for c in range(C)]
             fg = [foreground(p, cfg) for p, _ in per_view]
             for c, ((p, _), m) in enumerate(zip(per_view, fg)):
                 m[m] = carve(p[m], c, depths, K, T_cw, cfg["carve_margin_m"], cfg["carve_votes"])
