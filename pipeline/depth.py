@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
 from .config import ConfigError, read_scene_spec
-from .geometry import backproject, invert_T
+from .geometry import backproject
 from .stereo import MatcherParams, disparity_to_points, match, rectify, register
 
 MEASURED, FILLED = 255, 64

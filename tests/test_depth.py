@@ -4,13 +4,12 @@ import json
 import cv2
 import numpy as np
 import pytest
-import zarr
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.depth import DepthError, write_depth
 from pipeline.geometry import make_T
 from pipeline.quality.depth import bad1_fraction, depth_figures
-from pipeline.stereo import MatcherParams, match, rectify, register
+from pipeline.stereo import MatcherParams, match, register
 
 from .conftest import external, run_module
 
