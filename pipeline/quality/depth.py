@@ -13,14 +13,10 @@
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
 
-from ..artifact import ArtifactError, open_artifact
 from ..stereo import MatcherParams, match
-from . import write_report
+from . import episode_main
 
 
 def depth_figures(depth, gt) -> dict[str, tuple[float, str]]:
@@ -53,26 +49,4 @@ def bad1_fraction(left: np.ndarray, right: np.ndarray, gt_disparity: np.ndarray,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.quality depth", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--depth", nargs="+", required=True)
-    ap.add_argument("--groundtruth", nargs="+", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    if len(args.depth) != len(args.groundtruth):
-        print("error: give one --groundtruth per --depth, in the same order", file=sys.stderr)
-        return 2
-    rows = []
-    try:
-        for dp, gp in zip(args.depth, args.groundtruth):
-            depth, gt = open_artifact(dp, "depth"), open_artifact(gp, "groundtruth")
-            if (depth.attrs["scene"], depth.attrs["episode"]) != (gt.attrs["scene"], gt.attrs["episode"]):
-                raise ArtifactError(f"{dp} and {gp} are of different episodes")
-            base = {"scene": depth.attrs["scene"], "split": depth.attrs["split"], "episode": depth.attrs["episode"],
-                    "stage": "depth", "method": depth.attrs["method"], "against": "gt"}
-            rows += [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, (v, u) in depth_figures(depth, gt).items()]
-    except ArtifactError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    write_report(rows, args.out)
-    return 0
+    return episode_main(argv, "depth", __doc__, "method", depth_figures)

@@ -13,14 +13,10 @@ summed over all views and frames), so an id that swaps objects between views or 
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..artifact import ArtifactError, open_artifact
-from . import write_report
+from . import episode_main
 
 
 def overlap_table(pred_all, true_all) -> np.ndarray:
@@ -59,26 +55,4 @@ def mask_figures(masks, gt) -> dict[str, tuple[float, str]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.quality masks", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--masks", nargs="+", required=True)
-    ap.add_argument("--groundtruth", nargs="+", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    if len(args.masks) != len(args.groundtruth):
-        print("error: give one --groundtruth per --masks, in the same order", file=sys.stderr)
-        return 2
-    rows = []
-    try:
-        for mp, gp in zip(args.masks, args.groundtruth):
-            masks, gt = open_artifact(mp, "masks"), open_artifact(gp, "groundtruth")
-            if (masks.attrs["scene"], masks.attrs["episode"]) != (gt.attrs["scene"], gt.attrs["episode"]):
-                raise ArtifactError(f"{mp} and {gp} are of different episodes")
-            base = {"scene": masks.attrs["scene"], "split": masks.attrs["split"], "episode": masks.attrs["episode"],
-                    "stage": "masks", "method": masks.attrs["backend"], "against": "gt"}
-            rows += [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, (v, u) in mask_figures(masks, gt).items()]
-    except ArtifactError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    write_report(rows, args.out)
-    return 0
+    return episode_main(argv, "masks", __doc__, "backend", mask_figures)
