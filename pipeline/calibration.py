@@ -60,7 +60,8 @@ class Observations:
 
 
 def detect(color, board_cfg: dict) -> tuple[Observations, np.ndarray]:
-    """Corners in (C, T, H, W, 3) colour frames; also (C, T) corner counts per view."""
+    """Corners in (C, T, H, W, 3) colour frames (an array, or a zarr array read one image at a time);
+    also (C, T) corner counts per view."""
     detector = Detector(board_cfg)
     C, T = color.shape[:2]
     cams, frames, corners, uvs = [], [], [], []
@@ -239,7 +240,7 @@ def write_calibration(capture_path: str, board_cfg: dict, intrinsics: str, ancho
                       scene: str | None = None) -> dict:
     cap = open_artifact(capture_path, "capture")
     names = list(cap.attrs["camera_names"])
-    result = calibrate(cap["color"][:], cap["K_color"][:], cap["dist_color"][:], board_cfg, names, intrinsics, anchor)
+    result = calibrate(cap["color"], cap["K_color"][:], cap["dist_color"][:], board_cfg, names, intrinsics, anchor)
     config = {"board": board_cfg, "intrinsics": intrinsics, "anchor": anchor}
     attrs = {"scene": scene or cap.attrs["scene"], "episode": "calibration", "split": "calibration",
              "camera_names": names, "source_capture": str(capture_path), "anchor": anchor,

@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from .artifact import ArtifactWriter, frame_array, put
-from .charuco import make_board
+from .charuco import T_world_board_on_table, board_thickness, make_board
 from .config import ConfigError, EPISODE_SPLITS, episode_names, read_scene_spec, split_of
 from .geometry import invert_T, make_T
 from .realsense import build_rig, render_unit
@@ -49,27 +49,26 @@ def board_object(board_cfg: dict, footprint_m: float, object_id: int = 1):
     low-pass filtered to half of it, as a lens and sensor would, so that the printed corners are not
     aliased by sampling it at pixel centres."""
     cols, rows = board_cfg["squares"]
-    sq, margin, th = board_cfg["square_m"], board_cfg["square_m"] / 4, board_cfg["thickness_m"]
+    sq, margin, th = board_cfg["square_m"], board_cfg["square_m"] / 4, board_thickness(board_cfg)
     ppm = 1200.0  # texture pixels per metre
     board = make_board(board_cfg)
     width, height = cols * sq + 2 * margin, rows * sq + 2 * margin
     img = board.generateImage((round(width * ppm), round(height * ppm)), marginSize=round(margin * ppm))
     img = cv2.GaussianBlur(img.astype(np.float32) / 255.0, (0, 0), max(0.5 * footprint_m * ppm, 0.6))
     img = 0.05 + 0.85 * img  # matte black ink and paper
-    size = (width, height, max(th, 1e-4))
+    size = (width, height, th)
     shape = Shape([Part(Box(size), np.eye(4), {"type": "box", "size": list(size)})], centred=True)
-    top = max(th, 1e-4) / 2
-    app = {"image": img, "extent": (width, height), "top_z": top}
-    T_obj_board = make_T(np.diag([1.0, -1.0, -1.0]), np.array([-cols * sq / 2, rows * sq / 2, top]))
+    app = {"image": img, "extent": (width, height), "top_z": th / 2}
+    # The object frame sits at the board's centre, th/2 below the printed face: frame 0 lies on the table.
+    T_obj_board = make_T(np.eye(3), np.array([0.0, 0.0, -th / 2])) @ T_world_board_on_table(board_cfg)
     return RenderObject(shape, np.eye(4), object_id, [app]), T_obj_board
 
 
 def calibration_poses(board_cfg: dict, frames: int, rng: np.random.Generator) -> np.ndarray:
     """(T,4,4) board object-to-world poses: frame 0 flat on the table, centred at the world origin;
     later frames held tilted above the table, as a person waving the board would."""
-    th = max(board_cfg["thickness_m"], 1e-4)
     poses = np.tile(np.eye(4), (frames, 1, 1))
-    poses[0, 2, 3] = th / 2
+    poses[0, 2, 3] = board_thickness(board_cfg) / 2
     for f in range(1, frames):
         tilt = Rotation.from_rotvec(np.radians(rng.uniform(8, 25)) * np.array([*_unit2(rng), 0.0]))
         yaw = Rotation.from_euler("z", rng.uniform(-30, 30), degrees=True)

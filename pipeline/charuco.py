@@ -13,6 +13,11 @@ import numpy as np
 from .geometry import make_T
 
 MIN_CORNERS = 6  # fewer corners do not fix a board pose reliably
+MIN_THICKNESS_M = 1e-4  # a printed sheet still has a top and a bottom face
+
+
+def board_thickness(board_cfg: dict) -> float:
+    return max(board_cfg["thickness_m"], MIN_THICKNESS_M)
 
 
 def make_board(board_cfg: dict) -> cv2.aruco.CharucoBoard:
@@ -34,7 +39,7 @@ def T_world_board_on_table(board_cfg: dict) -> np.ndarray:
     world origin, board x along world x and board y along world -y (so board z points down)."""
     cols, rows = board_cfg["squares"]
     sq = board_cfg["square_m"]
-    return make_T(np.diag([1.0, -1.0, -1.0]), np.array([-cols * sq / 2, rows * sq / 2, board_cfg["thickness_m"]]))
+    return make_T(np.diag([1.0, -1.0, -1.0]), np.array([-cols * sq / 2, rows * sq / 2, board_thickness(board_cfg)]))
 
 
 class Detector:

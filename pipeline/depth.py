@@ -61,14 +61,16 @@ def write_depth(capture_path: str, method: str, params: MatcherParams, out: str)
     C, T, H, W = cap["color"].shape[:4]
     K_color, K_depth = cap["K_color"][:], cap["K_depth"][:]
     T_color_depth = cap["T_color_depth"][:]
+    depth_scale = cap["depth_scale_m"][:] if method == "sensor" else None
     rects = []
     if method == "stereo":
         if "T_irright_depth" not in cap:
             raise DepthError(f"{capture_path}: no infrared-left to infrared-right extrinsics (T_irright_depth)")
         hd, wd = cap["ir_left"].shape[2:4]
+        dist_depth = cap["dist_depth"][:]
         for c in range(C):
             try:
-                rects.append(rectify(K_depth[c], cap["dist_depth"][c], K_depth[c], cap["dist_depth"][c],
+                rects.append(rectify(K_depth[c], dist_depth[c], K_depth[c], dist_depth[c],
                                      cap["T_irright_depth"][c], (wd, hd)))
             except ValueError as e:
                 raise DepthError(f"camera {names[c]}: {e}") from e
@@ -86,7 +88,7 @@ def write_depth(capture_path: str, method: str, params: MatcherParams, out: str)
                 if method == "stereo":
                     pts, conf = stereo_points(params, rects[c], cap["ir_left"][c, t], cap["ir_right"][c, t])
                 else:
-                    pts, conf = sensor_points(cap["depth"][c, t], float(cap["depth_scale_m"][c]), K_depth[c])
+                    pts, conf = sensor_points(cap["depth"][c, t], float(depth_scale[c]), K_depth[c])
                 depth, confidence = register(pts, conf, T_color_depth[c], K_color[c], (W, H))
                 depth_arr[c, t] = depth
                 conf_arr[c, t] = confidence

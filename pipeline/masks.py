@@ -35,11 +35,10 @@ class MasksError(RuntimeError):
     """Masks cannot be made from these inputs; the message names the file or camera."""
 
 
-def world_points(depth: np.ndarray, confidence: np.ndarray, K: np.ndarray, T_cw: np.ndarray, min_conf: int):
-    """(N,3) world points of one view's trusted depth pixels and their (N,) flat pixel indices."""
-    keep = (depth > 0) & (confidence >= min_conf)
-    pts = backproject(K, depth)[keep]
-    return transform_points(invert_T(T_cw), pts), np.flatnonzero(keep)
+def world_points(depth: np.ndarray, K: np.ndarray, T_cw: np.ndarray):
+    """(N,3) world points of one view's pixels with depth and their (N,) flat pixel indices."""
+    keep = depth > 0
+    return transform_points(invert_T(T_cw), backproject(K, depth)[keep]), np.flatnonzero(keep)
 
 
 def foreground(points: np.ndarray, cfg: dict) -> np.ndarray:
@@ -159,21 +158,18 @@ def propagate(points: np.ndarray, model: np.ndarray, model_labels: np.ndarray, c
     return labels, next_id
 
 
-def label_view(depth: np.ndarray, K: np.ndarray, T_cw: np.ndarray, points: np.ndarray, labels: np.ndarray,
-               cfg: dict) -> np.ndarray:
-    """(H,W) ids of one view: every pixel with depth (measured or filled) whose 3D point lies above the
-    table within ``label_radius_m`` of a labelled point takes that point's id. The pixel's own depth
-    decides what it sees, so occluded objects do not paint over the ones in front."""
-    H, W = depth.shape
-    image = np.zeros(H * W, np.uint16)
-    if len(points) == 0:
-        return image.reshape(H, W)
-    p, flat = world_points(depth, np.full(depth.shape, 255, np.uint8), K, T_cw, 1)
-    above = p[:, 2] > cfg["table_clearance_m"] / 2
-    dist, idx = cKDTree(points).query(p[above], distance_upper_bound=cfg["label_radius_m"])
-    near = np.isfinite(dist)
-    image[flat[above][near]] = labels[idx[near]]
-    return image.reshape(H, W)
+def label_view(points: np.ndarray, flat: np.ndarray, shape: tuple[int, int], labelled: cKDTree | None,
+               labels: np.ndarray, cfg: dict) -> np.ndarray:
+    """(H,W) ids of one view from its pixels' world ``points`` (measured or filled, at ``flat`` indices):
+    a point above the table within ``label_radius_m`` of a labelled point takes that point's id. The
+    pixel's own depth decides what it sees, so occluded objects do not paint over the ones in front."""
+    image = np.zeros(shape[0] * shape[1], np.uint16)
+    if labelled is not None:
+        above = points[:, 2] > cfg["table_clearance_m"] / 2
+        dist, idx = labelled.query(points[above], distance_upper_bound=cfg["label_radius_m"])
+        near = np.isfinite(dist)
+        image[flat[above][near]] = labels[idx[near]]
+    return image.reshape(shape)
 
 
 def write_masks(depth_path: str, calibration_path: str, cfg: dict, out: str) -> dict:
@@ -197,11 +193,12 @@ def write_masks(depth_path: str, calibration_path: str, cfg: dict, out: str) -> 
         ids.attrs.update(background=0)
         for t in tqdm(range(T), desc="masks (fused)", unit="frame", file=sys.stderr):
             depths, confidence = depth_art["depth"][:, t], depth_art["confidence"][:, t]
-            per_view = [world_points(depths[c], confidence[c], K[c], T_cw[c], min_conf) for c in range(C)]
-            fg = [foreground(p, cfg) for p, _ in per_view]
-            for c, ((p, _), m) in enumerate(zip(per_view, fg)):
+            per_view = [world_points(depths[c], K[c], T_cw[c]) for c in range(C)]
+            fused = [foreground(p, cfg) & (confidence[c].ravel()[flat] >= min_conf)
+                     for c, (p, flat) in enumerate(per_view)]
+            for c, ((p, _), m) in enumerate(zip(per_view, fused)):
                 m[m] = carve(p[m], c, depths, K, T_cw, cfg["carve_margin_m"], cfg["carve_votes"])
-            points = np.concatenate([p[m] for (p, _), m in zip(per_view, fg)])
+            points = np.concatenate([p[m] for (p, _), m in zip(per_view, fused)])
             if t == 0:
                 labels = connected_objects(points, cfg["voxel_m"], cfg["min_points"])
                 next_id = int(labels.max()) + 1 if len(labels) else 1
@@ -209,8 +206,9 @@ def write_masks(depth_path: str, calibration_path: str, cfg: dict, out: str) -> 
                 labels, next_id = propagate(points, predict(prev_points, prev_labels, velocity), prev_labels,
                                             cfg, next_id)
             kept = labels > 0
-            for c in range(C):
-                ids[c, t] = label_view(depths[c], K[c], T_cw[c], points[kept], labels[kept], cfg)
+            labelled = cKDTree(points[kept]) if kept.any() else None
+            for c, (p, flat) in enumerate(per_view):
+                ids[c, t] = label_view(p, flat, (H, W), labelled, labels[kept], cfg)
             prev_points, prev_labels = points[kept], labels[kept]
             now = centroids(prev_points, prev_labels)
             velocity = {k: now[k] - prev_centroids[k] for k in now if k in prev_centroids}

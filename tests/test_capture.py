@@ -11,8 +11,8 @@ import zarr
 from pipeline.artifact import ArtifactError, ArtifactWriter, open_artifact
 from pipeline.capture import write_episode
 from pipeline.config import scene_spec
-from pipeline.quality.capture import (charuco_corner_fraction, depth_surface_error_mm, episode_rows,
-                                      ir_disparity_errors, mask_point_agreement)
+from pipeline.quality.capture import (charuco_corner_fraction, depth_surface_error_mm, ir_disparity_errors,
+                                      mask_point_agreement)
 
 from .conftest import ROOT, run_module
 
@@ -56,7 +56,13 @@ def test_self_consistency_check_catches_a_wrong_camera(bowling_episode):
 
 
 def test_quality_report_rows(bowling_episode, tmp_path):
-    rows = episode_rows(*map(str, bowling_episode))
+    import csv
+
+    report = tmp_path / "capture.csv"
+    result = run_module("pipeline.quality", "capture", "--capture", str(bowling_episode[0]),
+                        "--groundtruth", str(bowling_episode[1]), "--out", str(report))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(report.open()))
     metrics = {r["metric"]: float(r["value"]) for r in rows}
     assert metrics["mask_point_agreement"] >= 0.99
     assert 0 < metrics["sensor_mae_mm"] < 5 and 0.5 < metrics["sensor_valid_frac"] <= 1

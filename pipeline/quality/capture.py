@@ -14,21 +14,17 @@ Figures per episode (``against`` = gt):
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
 
-from ..artifact import ArtifactError, open_artifact
 from ..charuco import Detector
 from ..geometry import backproject, invert_T, project, transform_points
 from ..shapes import Shape
-from . import write_report
+from . import episode_main
 
 VISIBLE_TOL_M = 0.002
 
 
-def mask_point_agreement(gt, stride: int = 1) -> float:
+def mask_point_agreement(gt) -> float:
     """Share of visible surface points that land inside their own instance mask.
 
     Visible: the surface faces the camera and nothing lies in front of the point at its nearest pixel.
@@ -44,7 +40,7 @@ def mask_point_agreement(gt, stride: int = 1) -> float:
     good = total = 0
     for c in range(K.shape[0]):
         centre = invert_T(T_cw[c])[:3, 3]
-        for t in range(0, poses.shape[0], stride):
+        for t in range(poses.shape[0]):
             ids, depth = ids_all[c, t], depth_all[c, t]
             h, w = ids.shape
             for k, oid in enumerate(object_ids):
@@ -64,7 +60,7 @@ def mask_point_agreement(gt, stride: int = 1) -> float:
     return good / max(total, 1)
 
 
-def depth_surface_error_mm(gt, stride: int = 1) -> float:
+def depth_surface_error_mm(gt) -> float:
     """Largest |signed distance| (mm) of back-projected true depth at object pixels to the true shape."""
     poses = gt["poses"][:]
     shapes = [Shape.from_artifact(parts) for parts in gt.attrs["shapes"]]
@@ -73,7 +69,7 @@ def depth_surface_error_mm(gt, stride: int = 1) -> float:
     worst = 0.0
     for c in range(K.shape[0]):
         T_wc = invert_T(T_cw[c])
-        for t in range(0, poses.shape[0], stride):
+        for t in range(poses.shape[0]):
             ids, depth = gt["ids_color"][c, t], gt["depth_color"][c, t]
             pw = transform_points(T_wc, backproject(K[c], np.where(np.isfinite(depth), depth, 0)).reshape(-1, 3))
             flat = ids.ravel()
@@ -155,13 +151,8 @@ def charuco_corner_fraction(cap, board: dict) -> float:
                           for c in range(C) for t in range(T)]))
 
 
-def episode_rows(capture_path: str, gt_path: str) -> list[dict]:
-    cap = open_artifact(capture_path, "capture")
-    gt = open_artifact(gt_path, "groundtruth")
-    for key in ("scene", "episode"):
-        if cap.attrs[key] != gt.attrs[key]:
-            raise ArtifactError(f"{capture_path} and {gt_path} are of different {key}s: "
-                                f"{cap.attrs[key]} vs {gt.attrs[key]}")
+def capture_figures(cap, gt) -> dict[str, tuple[float, str]]:
+    """{metric: (value, unit)} of one capture and its ground truth."""
     figures = {}
     if cap.attrs["sequence"] == "calibration":
         figures["charuco_corners_frac"] = (charuco_corner_fraction(cap, gt.attrs["board"]), "1")
@@ -172,27 +163,8 @@ def episode_rows(capture_path: str, gt_path: str) -> list[dict]:
     errs = ir_disparity_errors(cap, gt)
     figures["ir_disparity_err_px"] = (float(np.median(errs)) if len(errs) else float("nan"), "px")
     figures["ir_disparity_within_0p5px"] = (float((errs < 0.5).mean()) if len(errs) else float("nan"), "1")
-    base = {"scene": cap.attrs["scene"], "split": cap.attrs["split"], "episode": cap.attrs["episode"],
-            "stage": "capture", "method": cap.attrs["source"], "against": "gt"}
-    return [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, (v, u) in figures.items()]
+    return figures
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.quality capture", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--capture", nargs="+", required=True)
-    ap.add_argument("--groundtruth", nargs="+", required=True)
-    ap.add_argument("--out", required=True, help="CSV report")
-    args = ap.parse_args(argv)
-    if len(args.capture) != len(args.groundtruth):
-        print("error: give one --groundtruth per --capture, in the same order", file=sys.stderr)
-        return 2
-    rows = []
-    try:
-        for cp, gp in zip(args.capture, args.groundtruth):
-            rows += episode_rows(cp, gp)
-    except ArtifactError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    write_report(rows, args.out)
-    return 0
+    return episode_main(argv, "capture", __doc__, "source", capture_figures)
