@@ -50,7 +50,7 @@ def main() -> int:
                             spec("calibration"), "--out", f"{scratch}/calibration.zarr"],
             "depth": [py, "-m", "pipeline.depth", "--capture", str(needed[1]), "--spec", spec("depth"),
                       "--out", f"{scratch}/depth.zarr"],
-            "masks": [py, "-m", "pipeline.masks", "--depth", str(needed[3]), "--calibration", str(needed[2]),
+            "masks": [py, "-m", "pipeline.masks", "--capture", str(needed[1]), "--depth", str(needed[3]), "--calibration", str(needed[2]),
                       "--spec", spec("masks"), "--out", f"{scratch}/masks.zarr"],
         }
         for stage, cmd in commands.items():

@@ -6,12 +6,14 @@
 
 Offline backend (``fused``, the default; no downloaded weights): every camera's registered depth is
 lifted into the calibrated world frame and what stands above the table inside the workspace is fused
-into one point cloud per frame; points that other cameras see through (free space) are carved away. At the first frame the cloud is split into objects by 3D connectivity (voxels sharing a face,
-edge or corner); at each later frame every point takes the id of the nearest point of the previous
-frame's labelled cloud moved by each object's constant-velocity prediction (objects that touch later
-keep their ids); components beyond reach join the nearest object within a wider radius or, further
-still, start new objects. Each pixel then takes the id of its own 3D point, so occlusion is handled by the depth
-itself and one object has one id in every view.
+into one point cloud per frame; points that other cameras see through (free space) are carved away.
+At the first frame the cloud is split into objects by 3D connectivity (voxels sharing a face, edge or
+corner); each object keeps these points as a rigid model (``RigidObjects``) whose pose is tracked
+through the later frames by ICP against the fused cloud from a constant-velocity prediction. Each
+pixel takes the id of the posed model point nearest its own 3D point, so occlusion is decided by the
+view's depth and one object has one id in every view. The masks are then cut to the image-space
+foreground (``TableParallax``: pixels whose colour disagrees with the table point behind them as the
+other views see it), which follows silhouettes at the colour image's resolution.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) stay
 one id: 3D connectivity cannot separate them.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import cv2
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
 from .config import ConfigError, read_scene_spec
-from .geometry import backproject, invert_T, transform_points
+from .geometry import backproject, invert_T, pixel_rays, project, transform_points
 
 
 class MasksError(RuntimeError):
@@ -89,18 +92,6 @@ def connected_objects(points: np.ndarray, voxel: float, min_points: int) -> np.n
     return relabel[labels]
 
 
-def predict(points: np.ndarray, labels: np.ndarray, velocity: dict[int, np.ndarray]) -> np.ndarray:
-    """Points moved by their object's velocity (metres per frame): a constant-velocity prediction."""
-    moved = points.copy()
-    for k, v in velocity.items():
-        moved[labels == k] += v
-    return moved
-
-
-def centroids(points: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
-    return {int(k): points[labels == k].mean(axis=0) for k in np.unique(labels[labels > 0])}
-
-
 def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotation R and translation t minimising |R src + t - dst| over matched (N,3) point pairs."""
     cs, cd = src.mean(axis=0), dst.mean(axis=0)
@@ -110,52 +101,100 @@ def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return R, cd - R @ cs
 
 
-def align(points: np.ndarray, model: np.ndarray, model_labels: np.ndarray, radius: float, iterations: int):
-    """Move each object's model points rigidly onto this frame's points (ICP from the prediction):
-    nearest-neighbour correspondences within ``radius``, one Kabsch fit per object and iteration."""
-    model = model.copy()
-    for _ in range(iterations):
-        dist, idx = cKDTree(model).query(points, distance_upper_bound=radius)
-        near = np.isfinite(dist)
-        for k in np.unique(model_labels):
-            pair = near & (model_labels[np.minimum(idx, len(model) - 1)] == k)
-            if pair.sum() < 10:
-                continue
-            R, t = kabsch(model[idx[pair]], points[pair])
-            model[model_labels == k] = model[model_labels == k] @ R.T + t
-    return model
+class RigidObjects:
+    """Objects as rigid point models tracked through the frames.
 
+    Each object keeps the (M,3) world points it had when first seen (its model) and a pose (R, t) that
+    carries them to the current frame. Tracking a frame: predict every pose at constant velocity, then
+    refine all poses jointly by ICP against the frame's fused points (each point pairs with the nearest
+    model point of any object, within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``;
+    one Kabsch fit per object and step). Because the models never absorb this frame's points, a
+    mislabelled point cannot leak into an object and carry its id on to later frames.
+    """
 
-def propagate(points: np.ndarray, model: np.ndarray, model_labels: np.ndarray, cfg: dict,
-              next_id: int) -> tuple[np.ndarray, int]:
-    """Labels of this frame's points from the previous frame's labelled points (``model``, already moved
-    by their predicted motion): each object's model is aligned to the points (ICP), then every point takes
-    the label of the nearest model point within ``track_radius_m``. The rest are grouped into components;
-    one lying within ``reattach_radius_m`` of a model point joins that object (fast motion outran the
-    prediction), one further away becomes a new object if it holds ``min_points`` points."""
-    labels = np.zeros(len(points), int)
-    if len(points) == 0:
-        return labels, next_id
-    tree = None
-    if len(model):
-        model = align(points, model, model_labels, cfg["reattach_radius_m"], cfg["icp_iterations"])
-        tree = cKDTree(model)
-        dist, idx = tree.query(points, distance_upper_bound=cfg["track_radius_m"])
-        near = np.isfinite(dist)
-        labels[near] = model_labels[idx[near]]
-    far = np.flatnonzero(labels == 0)
-    groups = connected_objects(points[far], cfg["voxel_m"], 1)
-    for k in range(1, int(groups.max()) + 1 if len(groups) else 1):
-        members = far[groups == k]
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.models: dict[int, np.ndarray] = {}
+        self.poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.previous: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def add(self, points: np.ndarray, labels: np.ndarray) -> None:
+        for k in np.unique(labels[labels > 0]):
+            self.models[int(k)] = points[labels == k]
+            self.poses[int(k)] = (np.eye(3), np.zeros(3))
+
+    @property
+    def next_id(self) -> int:
+        return max(self.models, default=0) + 1
+
+    def posed(self, poses=None) -> tuple[np.ndarray, np.ndarray]:
+        """(M,3) all model points at ``poses`` (default the current ones) and their (M,) ids."""
+        poses = self.poses if poses is None else poses
+        if not poses:
+            return np.zeros((0, 3)), np.zeros(0, int)
+        points = [self.models[k] @ R.T + t for k, (R, t) in poses.items()]
+        ids = [np.full(len(self.models[k]), k) for k in poses]
+        return np.concatenate(points), np.concatenate(ids)
+
+    def predict(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Poses one frame on at each object's last velocity (rotation and translation)."""
+        predicted = {}
+        for k, (R, t) in self.poses.items():
+            if k in self.previous:
+                R0, t0 = self.previous[k]
+                dR = R @ R0.T
+                predicted[k] = (dR @ R, dR @ t + (t - dR @ t0))
+            else:
+                predicted[k] = (R, t)
+        return predicted
+
+    def track(self, points: np.ndarray) -> np.ndarray:
+        """Move every object onto this frame's (N,3) fused points; returns their (N,) ids (0 = none)."""
+        cfg = self.cfg
+        poses = self.predict()
+        if len(points) and poses:
+            for radius in np.geomspace(cfg["icp_radius_m"], cfg["track_radius_m"], cfg["icp_iterations"]):
+                model, ids = self.posed(poses)
+                dist, idx = cKDTree(model).query(points, distance_upper_bound=radius)
+                near = np.isfinite(dist)
+                for k in poses:
+                    pair = near & (ids[np.minimum(idx, len(model) - 1)] == k)
+                    if pair.sum() < 10:
+                        continue
+                    R, t = kabsch(model[idx[pair]], points[pair])
+                    Rk, tk = poses[k]
+                    poses[k] = (R @ Rk, R @ tk + t)
+        self.previous, self.poses = self.poses, poses
+        return self.label(points)
+
+    def label(self, points: np.ndarray) -> np.ndarray:
+        """(N,) ids of fused points: the nearest posed model point within ``track_radius_m``. Points left
+        over are grouped into components; one within ``reattach_radius_m`` of an object takes its id (fast
+        motion outran the prediction), one further away that holds ``min_points`` becomes a new object."""
+        cfg = self.cfg
+        labels = np.zeros(len(points), int)
+        if len(points) == 0:
+            return labels
+        model, ids = self.posed()
+        tree = cKDTree(model) if len(model) else None
         if tree is not None:
-            dist, idx = tree.query(points[members], distance_upper_bound=cfg["reattach_radius_m"])
-            if np.isfinite(dist).any():
-                labels[members] = model_labels[idx[np.argmin(dist)]]
-                continue
-        if len(members) >= cfg["min_points"]:
-            labels[members] = next_id
-            next_id += 1
-    return labels, next_id
+            dist, idx = tree.query(points, distance_upper_bound=cfg["track_radius_m"])
+            near = np.isfinite(dist)
+            labels[near] = ids[idx[near]]
+        far = np.flatnonzero(labels == 0)
+        groups = connected_objects(points[far], cfg["voxel_m"], 1)
+        for g in range(1, int(groups.max()) + 1 if len(groups) else 1):
+            members = far[groups == g]
+            if tree is not None:
+                dist, idx = tree.query(points[members], distance_upper_bound=cfg["reattach_radius_m"])
+                if np.isfinite(dist).any():
+                    labels[members] = ids[idx[np.argmin(dist)]]
+                    continue
+            if len(members) >= cfg["min_points"]:
+                new = self.next_id
+                labels[members] = new
+                self.models[new], self.poses[new] = points[members], (np.eye(3), np.zeros(3))
+        return labels
 
 
 def label_view(points: np.ndarray, flat: np.ndarray, shape: tuple[int, int], labelled: cKDTree | None,
@@ -172,23 +211,92 @@ def label_view(points: np.ndarray, flat: np.ndarray, shape: tuple[int, int], lab
     return image.reshape(shape)
 
 
-def write_masks(depth_path: str, calibration_path: str, cfg: dict, out: str) -> dict:
+class TableParallax:
+    """Which pixels show the table, by colour consistency of the table plane across views.
+
+    A pixel of view c that shows the table shows the point X where its ray meets the plane z = 0, and
+    every other camera that sees X shows the same colour there (a shadow on the table too: it lies on the
+    plane). A pixel showing an object above the table shows something else than the table point behind
+    it. For each pixel whose X lies in the workspace we sample the other views at X's projection (bilinear;
+    a camera votes only where its own depth says it sees X, within ``table_visibility_m``): the pixel is
+    table if any voting camera agrees within ``table_colour_tolerance`` (largest channel difference, 0-255),
+    object if all disagree, undecided if none votes. This gives silhouettes at the colour image's own
+    resolution, where stereo depth smears them over several pixels. Near an object's base the table point
+    is almost the object's own point, so the last few millimetres above the table read as table.
+    """
+
+    def __init__(self, K: np.ndarray, T_cw: np.ndarray, shape: tuple[int, int], cfg: dict):
+        C = len(K)
+        H, W = shape
+        (x0, y0), (x1, y1) = cfg["workspace_xy_m"]
+        self.cfg, self.shape = cfg, shape
+        self.maps: dict[tuple[int, int], tuple] = {}
+        for c in range(C):
+            T_wc = invert_T(T_cw[c])
+            rays = pixel_rays(K[c], W, H) @ T_wc[:3, :3].T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s = -T_wc[2, 3] / rays[:, 2]
+            X = T_wc[:3, 3] + s[:, None] * rays
+            on_table = (s > 0) & (X[:, 0] > x0) & (X[:, 0] < x1) & (X[:, 1] > y0) & (X[:, 1] < y1)
+            for o in range(C):
+                if o == c:
+                    continue
+                uv, z = project(K[o], T_cw[o], X)
+                inside = on_table & (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= W - 1) & (uv[:, 1] >= 0) \
+                    & (uv[:, 1] <= H - 1)
+                uv[~inside] = -1
+                self.maps[c, o] = (uv[:, 0].reshape(H, W).astype(np.float32),
+                                   uv[:, 1].reshape(H, W).astype(np.float32),
+                                   inside.reshape(H, W), z.reshape(H, W).astype(np.float32))
+
+    def classify(self, colour: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """colour (C,H,W,3) uint8, depth (C,H,W) metres -> (C,H,W) masks ``decided`` and ``table``."""
+        C = len(colour)
+        smooth = [cv2.GaussianBlur(colour[c].astype(np.float32), (3, 3), 0.7) for c in range(C)]
+        decided = np.zeros((C, *self.shape), bool)
+        table = np.zeros((C, *self.shape), bool)
+        for (c, o), (u, v, inside, z) in self.maps.items():
+            seen = cv2.remap(depth[o].astype(np.float32), u, v, cv2.INTER_NEAREST)
+            votes = inside & (seen > 0) & (np.abs(seen - z) < self.cfg["table_visibility_m"])
+            there = cv2.remap(smooth[o], u, v, cv2.INTER_LINEAR)
+            agree = np.abs(there - smooth[c]).max(axis=-1) < self.cfg["table_colour_tolerance"]
+            decided[c] |= votes
+            table[c] |= votes & agree
+        return decided, table
+
+
+def refine_view(ids: np.ndarray, decided: np.ndarray, table: np.ndarray, fill_px: int) -> np.ndarray:
+    """(H,W) ids cut to the image-space foreground: object where the table parallax decided so, the depth's
+    own ids where it could not decide; foreground pixels without an id take the nearest id within
+    ``fill_px`` pixels."""
+    fg = np.where(decided, ~table, ids > 0)
+    fg = ndimage.binary_fill_holes(ndimage.binary_opening(fg))
+    if not (ids > 0).any():
+        return np.zeros_like(ids)
+    dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
+    return np.where(fg & (dist <= fill_px), ids[iy, ix], 0).astype(ids.dtype)
+
+
+def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: dict, out: str) -> dict:
+    capture = open_artifact(capture_path, "capture")
     depth_art = open_artifact(depth_path, "depth")
     cal = open_artifact(calibration_path, "calibration")
     names = list(depth_art.attrs["camera_names"])
-    if list(cal.attrs["camera_names"]) != names:
-        raise MasksError(f"{calibration_path} calibrates cameras {cal.attrs['camera_names']}, "
-                         f"{depth_path} has {names}")
+    for path, art in ((calibration_path, cal), (capture_path, capture)):
+        if list(art.attrs["camera_names"]) != names:
+            raise MasksError(f"{path} has cameras {list(art.attrs['camera_names'])}, {depth_path} has {names}")
     C, T, H, W = depth_art["depth"].shape
+    if capture["color"].shape[:4] != (C, T, H, W):
+        raise MasksError(f"{capture_path}: colour frames {capture['color'].shape[:4]} do not match the depth "
+                         f"{(C, T, H, W)} of {depth_path}")
     K, T_cw = depth_art["K"][:], cal["T_cw_color"][:]
     min_conf = depth_art["confidence"].attrs["measured"] if cfg["measured_only"] else 1
-    prev_points, prev_labels, next_id = np.zeros((0, 3)), np.zeros(0, int), 1
-    velocity: dict[int, np.ndarray] = {}
-    prev_centroids: dict[int, np.ndarray] = {}
+    objects = RigidObjects(cfg)
+    parallax = TableParallax(K, T_cw, (H, W), cfg) if cfg["parallax_refine"] else None
     counts = np.zeros(T, int)
     attrs = {k: depth_art.attrs[k] for k in ("scene", "episode", "split", "camera_names")}
-    with ArtifactWriter(out, "masks", "masks", cfg, **attrs, backend="fused", source_depth=str(depth_path),
-                        source_calibration=str(calibration_path)) as g:
+    with ArtifactWriter(out, "masks", "masks", cfg, **attrs, backend="fused", source_capture=str(capture_path),
+                        source_depth=str(depth_path), source_calibration=str(calibration_path)) as g:
         ids = frame_array(g, "ids", (C, T, H, W), "uint16")
         ids.attrs.update(background=0)
         for t in tqdm(range(T), desc="masks (fused)", unit="frame", file=sys.stderr):
@@ -200,31 +308,32 @@ def write_masks(depth_path: str, calibration_path: str, cfg: dict, out: str) -> 
                 m[m] = carve(p[m], c, depths, K, T_cw, cfg["carve_margin_m"], cfg["carve_votes"])
             points = np.concatenate([p[m] for (p, _), m in zip(per_view, fused)])
             if t == 0:
-                labels = connected_objects(points, cfg["voxel_m"], cfg["min_points"])
-                next_id = int(labels.max()) + 1 if len(labels) else 1
+                objects.add(points, connected_objects(points, cfg["voxel_m"], cfg["min_points"]))
+                labels = objects.label(points)
             else:
-                labels, next_id = propagate(points, predict(prev_points, prev_labels, velocity), prev_labels,
-                                            cfg, next_id)
-            kept = labels > 0
-            labelled = cKDTree(points[kept]) if kept.any() else None
+                labels = objects.track(points)
+            model, model_ids = objects.posed()
+            labelled = cKDTree(model) if len(model) else None
+            if parallax is not None:
+                decided, table = parallax.classify(capture["color"][:, t], depths)
             for c, (p, flat) in enumerate(per_view):
-                ids[c, t] = label_view(p, flat, (H, W), labelled, labels[kept], cfg)
-            prev_points, prev_labels = points[kept], labels[kept]
-            now = centroids(prev_points, prev_labels)
-            velocity = {k: now[k] - prev_centroids[k] for k in now if k in prev_centroids}
-            prev_centroids = now
-            counts[t] = len(np.unique(labels[kept]))
-        if next_id == 1:
+                view = label_view(p, flat, (H, W), labelled, model_ids, cfg)
+                if parallax is not None:
+                    view = refine_view(view, decided[c], table[c], cfg["fill_px"])
+                ids[c, t] = view
+            counts[t] = len(np.unique(labels[labels > 0]))
+        if not objects.models:
             raise MasksError(f"{depth_path}: nothing stands above the table in any view at the first frame "
                              f"(clearance {cfg['table_clearance_m']} m); is the calibration right?")
         put(g, "objects_per_frame", counts)
-        g.attrs["n_objects"] = next_id - 1
-    return {"n_objects": next_id - 1, "objects_per_frame": counts}
+        g.attrs["n_objects"] = len(objects.models)
+    return {"n_objects": len(objects.models), "objects_per_frame": counts}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.masks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--capture", required=True, help="capture artifact of the episode (colour images)")
     ap.add_argument("--depth", required=True, help="depth artifact of the episode")
     ap.add_argument("--calibration", required=True, help="calibration artifact of the rig")
     ap.add_argument("--config", help="config.yaml (with --scene): its masks section")
@@ -236,7 +345,7 @@ def main(argv=None) -> int:
         spec = read_scene_spec(args.config, args.scene, args.spec)
         if "masks" not in spec:
             raise ConfigError("the spec has no masks section")
-        result = write_masks(args.depth, args.calibration, spec["masks"], args.out)
+        result = write_masks(args.capture, args.depth, args.calibration, spec["masks"], args.out)
     except (ConfigError, ArtifactError, MasksError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

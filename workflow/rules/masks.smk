@@ -3,6 +3,7 @@
 
 rule masks:
     input:
+        capture=f"{RESULTS}/{{scene}}/capture/{{episode}}.zarr",
         depth=f"{RESULTS}/{{scene}}/depth/{{episode}}.zarr",
         calibration=f"{RESULTS}/{{scene}}/calibration.zarr",
     output:
@@ -19,7 +20,7 @@ rule masks:
         mem_mb=2000,
         runtime=20,
     shell:
-        "python -m pipeline.masks --depth {input.depth} --calibration {input.calibration} "
+        "python -m pipeline.masks --capture {input.capture} --depth {input.depth} --calibration {input.calibration} "
         "--spec {params.spec:q} --out {output} 2> {log}"
 
 
