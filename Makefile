@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 TARGET ?= $(foreach stage,capture calibration depth masks,results/bowling/quality/$(stage).csv)
 CORES ?= 2
+# sam2's optional CUDA extension (hole filling in its masks): set to 1 on a machine with nvcc and a GPU.
+SAM2_BUILD_CUDA ?= 0
 
 .PHONY: setup run test bench clean
 setup: $(VENV)/.installed
@@ -15,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	@ldconfig -p | grep -q libusb-1.0 || { command -v apt-get >/dev/null && \
 		$$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -q libusb-1.0-0; }
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# torch first and pinned: an unpinned torch would pull the newest CUDA build (several GB).
+	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# sam2 declares torchvision, which has no CPU build here and which its video predictor never imports:
+	# install it without dependencies (those it uses are in pyproject.toml) and build it against this torch.
+	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PY) -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
 	touch $@
 
 run: setup

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import zarr
+from scipy import ndimage
 
 from .artifact import SCHEMAS, ArtifactError, open_artifact
 
@@ -71,6 +72,30 @@ def colourise_ids(ids: np.ndarray) -> np.ndarray:
     return palette[ids]
 
 
+def overlay(colour: np.ndarray, layer: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(H,W,3) colour image with ``layer`` blended in half-and-half where ``where`` is set."""
+    out = colour.copy()
+    out[where] = (colour[where].astype(np.uint16) + layer[where]) // 2
+    return out
+
+
+def overlay_ids(colour: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Instance ids over the colour image, with each mask's outline in its full colour."""
+    rgb = colourise_ids(ids)
+    out = overlay(colour, rgb, ids > 0)
+    edge = (ids != ndimage.grey_erosion(ids, size=3)) | (ids != ndimage.grey_dilation(ids, size=3))
+    out[edge & (ids > 0)] = rgb[edge & (ids > 0)]
+    return out
+
+
+def _source_colour(group: zarr.Group):
+    """The colour frames of the capture an artifact was made from, or None when it is not there."""
+    source = group.attrs.get("source_capture")
+    if not source or not Path(source, "zarr.json").exists():
+        return None
+    return open_artifact(source, "capture")["color"]
+
+
 def _label(img: np.ndarray, text: str) -> np.ndarray:
     img = np.ascontiguousarray(img)
     cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
@@ -120,11 +145,20 @@ def contact_sheet(group: zarr.Group) -> np.ndarray:
         lo, hi = _depth_range(group["depth"][:, 0])
         panels = [("depth", lambda c, t: colourise_depth(group["depth"][c, t], lo, hi)),
                   ("confidence", lambda c, t: group["confidence"][c, t])]
+        colour = _source_colour(group)
+        if colour is not None:
+            panels.append(("depth over colour", lambda c, t: overlay(
+                colour[c, t], colourise_depth(group["depth"][c, t], lo, hi), group["depth"][c, t] > 0)))
         names = group.attrs["camera_names"]
     elif schema == "masks":
         C, T = group["ids"].shape[:2]
         h, w = group["ids"].shape[2:4]
-        panels = [("ids", lambda c, t: colourise_ids(group["ids"][c, t]))]
+        colour = _source_colour(group)
+        if colour is not None:
+            panels = [("colour", lambda c, t: colour[c, t]),
+                      ("ids over colour", lambda c, t: overlay_ids(colour[c, t], group["ids"][c, t]))]
+        else:
+            panels = [("ids", lambda c, t: colourise_ids(group["ids"][c, t]))]
         names = group.attrs["camera_names"]
     else:
         raise ArtifactError(f"no picture is defined for schema {schema!r}")

@@ -277,6 +277,64 @@ def refine_view(ids: np.ndarray, decided: np.ndarray, table: np.ndarray, fill_px
     return np.where(fg & (dist <= fill_px), ids[iy, ix], 0).astype(ids.dtype)
 
 
+class FusedFrames:
+    """The fused foreground points of an episode, frame by frame, from its depth artifact."""
+
+    def __init__(self, depth_art, T_cw: np.ndarray, cfg: dict):
+        self.depth, self.confidence = depth_art["depth"], depth_art["confidence"]
+        self.K, self.T_cw, self.cfg = depth_art["K"][:], T_cw, cfg
+        self.min_conf = self.confidence.attrs["measured"] if cfg["measured_only"] else 1
+
+    def __call__(self, t: int):
+        """Frame t's (C,H,W) depths, each view's (world points, flat pixel indices), and the (N,3) fused,
+        carved foreground points of all views."""
+        cfg, K, T_cw = self.cfg, self.K, self.T_cw
+        depths, confidence = self.depth[:, t], self.confidence[:, t]
+        per_view = [world_points(depths[c], K[c], T_cw[c]) for c in range(len(K))]
+        fused = [foreground(p, cfg) & (confidence[c].ravel()[flat] >= self.min_conf)
+                 for c, (p, flat) in enumerate(per_view)]
+        for c, ((p, _), m) in enumerate(zip(per_view, fused)):
+            m[m] = carve(p[m], c, depths, K, T_cw, cfg["carve_margin_m"], cfg["carve_votes"])
+        return depths, per_view, np.concatenate([p[m] for (p, _), m in zip(per_view, fused)])
+
+    def first_objects(self):
+        """The first frame as from ``self(0)``, with the fused points' object labels (3D connectivity)."""
+        depths, per_view, points = self(0)
+        labels = connected_objects(points, self.cfg["voxel_m"], self.cfg["min_points"])
+        if not labels.any():
+            raise MasksError(f"{self.depth.store}: nothing stands above the table in any view at the first "
+                             f"frame (clearance {self.cfg['table_clearance_m']} m); is the calibration right?")
+        return depths, per_view, points, labels
+
+
+def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, int]:
+    """The offline backend: writes (C,T,H,W) ``ids`` frame by frame from the fused depth and the (C,T,H,W,3)
+    ``colour`` frames; returns the objects seen per frame and the number of objects."""
+    C, T, H, W = ids.shape
+    objects = RigidObjects(cfg)
+    parallax = TableParallax(frames.K, frames.T_cw, (H, W), cfg) if cfg["parallax_refine"] else None
+    counts = np.zeros(T, int)
+    for t in tqdm(range(T), desc="masks (fused)", unit="frame", file=sys.stderr):
+        if t == 0:
+            depths, per_view, points, first = frames.first_objects()
+            objects.add(points, first)
+            labels = objects.label(points)
+        else:
+            depths, per_view, points = frames(t)
+            labels = objects.track(points)
+        model, model_ids = objects.posed()
+        labelled = cKDTree(model) if len(model) else None
+        if parallax is not None:
+            decided, table = parallax.classify(colour[:, t], depths)
+        for c, (p, flat) in enumerate(per_view):
+            view = label_view(p, flat, (H, W), labelled, model_ids, cfg)
+            if parallax is not None:
+                view = refine_view(view, decided[c], table[c], cfg["fill_px"])
+            ids[c, t] = view
+        counts[t] = len(np.unique(labels[labels > 0]))
+    return counts, len(objects.models)
+
+
 def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: dict, out: str) -> dict:
     capture = open_artifact(capture_path, "capture")
     depth_art = open_artifact(depth_path, "depth")
@@ -289,45 +347,25 @@ def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: 
     if capture["color"].shape[:4] != (C, T, H, W):
         raise MasksError(f"{capture_path}: colour frames {capture['color'].shape[:4]} do not match the depth "
                          f"{(C, T, H, W)} of {depth_path}")
-    K, T_cw = depth_art["K"][:], cal["T_cw_color"][:]
-    min_conf = depth_art["confidence"].attrs["measured"] if cfg["measured_only"] else 1
-    objects = RigidObjects(cfg)
-    parallax = TableParallax(K, T_cw, (H, W), cfg) if cfg["parallax_refine"] else None
-    counts = np.zeros(T, int)
+    frames = FusedFrames(depth_art, cal["T_cw_color"][:], cfg)
+    backend = cfg["backend"]
+    if backend == "sam2":
+        from . import sam2_masks  # torch and sam2 are imported only when asked for
+
+        predictor = sam2_masks.build_predictor(cfg["sam2"])  # fails early, before an artifact is started
     attrs = {k: depth_art.attrs[k] for k in ("scene", "episode", "split", "camera_names")}
-    with ArtifactWriter(out, "masks", "masks", cfg, **attrs, backend="fused", source_capture=str(capture_path),
+    with ArtifactWriter(out, "masks", "masks", cfg, **attrs, backend=backend, source_capture=str(capture_path),
                         source_depth=str(depth_path), source_calibration=str(calibration_path)) as g:
         ids = frame_array(g, "ids", (C, T, H, W), "uint16")
         ids.attrs.update(background=0)
-        for t in tqdm(range(T), desc="masks (fused)", unit="frame", file=sys.stderr):
-            depths, confidence = depth_art["depth"][:, t], depth_art["confidence"][:, t]
-            per_view = [world_points(depths[c], K[c], T_cw[c]) for c in range(C)]
-            fused = [foreground(p, cfg) & (confidence[c].ravel()[flat] >= min_conf)
-                     for c, (p, flat) in enumerate(per_view)]
-            for c, ((p, _), m) in enumerate(zip(per_view, fused)):
-                m[m] = carve(p[m], c, depths, K, T_cw, cfg["carve_margin_m"], cfg["carve_votes"])
-            points = np.concatenate([p[m] for (p, _), m in zip(per_view, fused)])
-            if t == 0:
-                objects.add(points, connected_objects(points, cfg["voxel_m"], cfg["min_points"]))
-                labels = objects.label(points)
-            else:
-                labels = objects.track(points)
-            model, model_ids = objects.posed()
-            labelled = cKDTree(model) if len(model) else None
-            if parallax is not None:
-                decided, table = parallax.classify(capture["color"][:, t], depths)
-            for c, (p, flat) in enumerate(per_view):
-                view = label_view(p, flat, (H, W), labelled, model_ids, cfg)
-                if parallax is not None:
-                    view = refine_view(view, decided[c], table[c], cfg["fill_px"])
-                ids[c, t] = view
-            counts[t] = len(np.unique(labels[labels > 0]))
-        if not objects.models:
-            raise MasksError(f"{depth_path}: nothing stands above the table in any view at the first frame "
-                             f"(clearance {cfg['table_clearance_m']} m); is the calibration right?")
+        if backend == "fused":
+            counts, n_objects = fused_ids(frames, capture["color"], ids, cfg)
+        else:
+            prompts = sam2_masks.prompts_for(frames, names, cfg["sam2"], (H, W))
+            counts, n_objects = sam2_masks.segment_views(predictor, capture["color"], prompts, ids)
         put(g, "objects_per_frame", counts)
-        g.attrs["n_objects"] = len(objects.models)
-    return {"n_objects": len(objects.models), "objects_per_frame": counts}
+        g.attrs["n_objects"] = n_objects
+    return {"n_objects": n_objects, "objects_per_frame": counts}
 
 
 def main(argv=None) -> int:
@@ -355,4 +393,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: the backends raise pipeline.masks.MasksError, not __main__'s.
+    from pipeline.masks import main as module_main
+
+    sys.exit(module_main())

@@ -1,0 +1,115 @@
+"""The ``sam2`` backend of the masks stage: SAM2's video predictor propagates prompts through each view.
+
+Chosen with ``masks: {backend: sam2}`` in config.yaml; the model config, checkpoint and device live in
+``masks.sam2``. Prompts come from ``masks.sam2.prompts`` (a box and/or points per camera and object)
+or, when that is empty, from the first frame: the fused foreground depth of all views is clustered in
+3D (as the offline backend does) and each cluster is projected into every view as a box and a point
+(pipeline/prompts.py), so one object carries one id in all views. Each view is one SAM2 video; per
+pixel and frame the object with the largest positive mask logit wins (0 = background).
+
+With weights (on a GPU; see README "Masks with SAM2"):
+    masks:
+      backend: sam2
+      sam2: {model_config: configs/sam2.1/sam2.1_hiera_l.yaml, checkpoint: checkpoints/sam2.1_hiera_large.pt}
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .masks import MasksError
+from .prompts import cluster_prompts
+
+
+def build_predictor(cfg: dict):
+    """SAM2 video predictor from ``masks.sam2`` (model_config, checkpoint, hydra_overrides, device)."""
+    checkpoint = Path(cfg["checkpoint"])
+    if not checkpoint.is_file():
+        raise MasksError(f"config key 'masks/sam2/checkpoint': {checkpoint} does not exist; download the weights "
+                        f"that match masks/sam2/model_config ({cfg['model_config']}) from the SAM2 release, or "
+                        f"use masks/backend: fused, which needs none")
+    try:
+        import torch
+        from sam2.build_sam import build_sam2_video_predictor
+    except ImportError as e:
+        raise MasksError(f"masks/backend sam2 needs the sam2 package and torch ({e}); `make setup` installs them")
+    device = cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise MasksError("config key 'masks/sam2/device': cuda, but torch sees no CUDA device")
+    try:
+        predictor = build_sam2_video_predictor(cfg["model_config"], ckpt_path=str(checkpoint), device=device,
+                                               hydra_overrides_extra=list(cfg["hydra_overrides"]))
+    except Exception as e:  # hydra and torch.load raise many types; all mean the same to the user
+        raise MasksError(f"{checkpoint} does not load as masks/sam2/model_config {cfg['model_config']} "
+                        f"with overrides {cfg['hydra_overrides']}: {type(e).__name__}: {e}") from e
+    if importlib.util.find_spec("sam2._C") is None:
+        predictor.fill_hole_area = 0  # hole filling needs sam2's compiled CUDA extension
+    return predictor
+
+
+def prompts_for(frames, camera_names: list[str], cfg: dict, shape: tuple[int, int]) -> list[dict[int, dict]]:
+    """Per camera {object id: {"frame", "box" or None, "points", "labels"}}: from the config when it lists
+    prompts, else one box and one point per 3D cluster of the first frame's fused depth (``frames`` is
+    the masks stage's FusedFrames)."""
+    prompts: list[dict[int, dict]] = [{} for _ in camera_names]
+    if cfg["prompts"]:
+        for i, p in enumerate(cfg["prompts"]):
+            if p["camera"] not in camera_names:
+                raise MasksError(f"config key 'masks/sam2/prompts/{i}/camera': {p['camera']!r} is not one of the "
+                                f"episode's cameras {camera_names}")
+            points = p.get("points", [])
+            prompts[camera_names.index(p["camera"])][p["object"]] = {
+                "frame": p["frame"], "box": p.get("box"), "points": points,
+                "labels": p.get("point_labels", [1] * len(points))}
+        return prompts
+    depths, _, points, labels = frames.first_objects()
+    for view, auto in zip(prompts, cluster_prompts(points, labels, frames.K, frames.T_cw, shape, depths,
+                                                   cfg["min_prompt_pixels"])):
+        for k, p in auto.items():
+            view[k] = {"frame": 0, "box": p["box"], "points": [p["point"]], "labels": [1]}
+    return prompts
+
+
+def ids_from_logits(object_ids, logits) -> np.ndarray:
+    """(H,W) uint16 ids from SAM2's (n,1,H,W) mask logits of objects ``object_ids``: per pixel the object
+    with the largest logit if it is positive, else 0."""
+    scores = logits[:, 0].float().cpu().numpy()
+    best = scores.argmax(axis=0)
+    return np.where(scores.max(axis=0) > 0, np.asarray(object_ids, np.uint16)[best], 0).astype(np.uint16)
+
+
+def segment_views(predictor, colour, prompts: list[dict[int, dict]], ids) -> tuple[np.ndarray, int]:
+    """Propagate each view's prompts through its (T,H,W,3) ``colour`` frames into ``ids`` (C,T,H,W);
+    returns objects seen per frame and the number of prompted objects."""
+    import torch
+
+    C, T = ids.shape[:2]
+    seen = np.zeros((T, max((max(v, default=0) for v in prompts), default=0) + 1), bool)
+    for c in tqdm(range(C), desc="masks (sam2)", unit="view", file=sys.stderr):
+        if not prompts[c]:
+            ids[c] = np.zeros(ids.shape[1:], np.uint16)
+            continue
+        with tempfile.TemporaryDirectory(prefix="sam2-frames-") as folder, torch.inference_mode():
+            for t in range(T):  # SAM2 reads a video as a folder of JPEGs named by frame number
+                cv2.imwrite(f"{folder}/{t:05d}.jpg", colour[c, t][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+            state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
+            for k, p in prompts[c].items():
+                predictor.add_new_points_or_box(
+                    state, frame_idx=p["frame"], obj_id=k, box=p["box"],
+                    points=np.asarray(p["points"], np.float32) if p["points"] else None,
+                    labels=np.asarray(p["labels"], np.int32) if p["points"] else None)
+            view = np.zeros(ids.shape[1:], np.uint16)
+            for t, object_ids, logits in predictor.propagate_in_video(state):
+                view[t] = ids_from_logits(object_ids, logits)
+            ids[c] = view
+        for t in range(T):
+            seen[t, np.unique(view[t])] = True
+    return seen[:, 1:].sum(axis=1), len(set().union(*prompts))
