@@ -280,7 +280,8 @@ def refine_view(ids: np.ndarray, decided: np.ndarray, table: np.ndarray, fill_px
 class FusedFrames:
     """The fused foreground points of an episode, frame by frame, from its depth artifact."""
 
-    def __init__(self, depth_art, T_cw: np.ndarray, cfg: dict):
+    def __init__(self, depth_art, T_cw: np.ndarray, cfg: dict, source: str):
+        self.source = source  # the depth artifact's path, for messages
         self.depth, self.confidence = depth_art["depth"], depth_art["confidence"]
         self.K, self.T_cw, self.cfg = depth_art["K"][:], T_cw, cfg
         self.min_conf = self.confidence.attrs["measured"] if cfg["measured_only"] else 1
@@ -302,7 +303,7 @@ class FusedFrames:
         depths, per_view, points = self(0)
         labels = connected_objects(points, self.cfg["voxel_m"], self.cfg["min_points"])
         if not labels.any():
-            raise MasksError(f"{self.depth.store}: nothing stands above the table in any view at the first "
+            raise MasksError(f"{self.source}: nothing stands above the table in any view at the first "
                              f"frame (clearance {self.cfg['table_clearance_m']} m); is the calibration right?")
         return depths, per_view, points, labels
 
@@ -347,7 +348,7 @@ def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: 
     if capture["color"].shape[:4] != (C, T, H, W):
         raise MasksError(f"{capture_path}: colour frames {capture['color'].shape[:4]} do not match the depth "
                          f"{(C, T, H, W)} of {depth_path}")
-    frames = FusedFrames(depth_art, cal["T_cw_color"][:], cfg)
+    frames = FusedFrames(depth_art, cal["T_cw_color"][:], cfg, str(depth_path))
     backend = cfg["backend"]
     if backend == "sam2":
         from . import sam2_masks  # torch and sam2 are imported only when asked for

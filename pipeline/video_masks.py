@@ -20,6 +20,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -104,8 +105,6 @@ def propagate_offline(frames: np.ndarray, first: np.ndarray, band_px: int = 8, c
 
 def propagate_sam2(predictor, frame_files: list[Path], first: np.ndarray) -> np.ndarray:
     """(T,H,W) ids from SAM2's video predictor given the first frame's ids as mask prompts."""
-    import tempfile
-
     import torch
 
     from .sam2_masks import ids_from_logits
