@@ -92,7 +92,8 @@ def segment_views(predictor, colour, prompts: list[dict[int, dict]], ids) -> tup
     import torch
 
     C, T = ids.shape[:2]
-    seen = np.zeros((T, max((max(v, default=0) for v in prompts), default=0) + 1), bool)
+    largest_id = max((k for view in prompts for k in view), default=0)
+    seen = np.zeros((T, largest_id + 1), bool)  # frame, id: is the id in some view
     for c in tqdm(range(C), desc="masks (sam2)", unit="view", file=sys.stderr):
         if not prompts[c]:
             ids[c] = np.zeros(ids.shape[1:], np.uint16)
