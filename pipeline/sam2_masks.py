@@ -86,11 +86,26 @@ def ids_from_logits(object_ids, logits) -> np.ndarray:
     return np.where(scores.max(axis=0) > 0, np.asarray(object_ids, np.uint16)[best], 0).astype(np.uint16)
 
 
-def segment_views(predictor, colour, prompts: list[dict[int, dict]], ids) -> tuple[np.ndarray, int]:
-    """Propagate each view's prompts through its (T,H,W,3) ``colour`` frames into ``ids`` (C,T,H,W);
-    returns objects seen per frame and the number of prompted objects."""
+def propagate(predictor, frames_bgr, add_prompts) -> np.ndarray:
+    """(T,H,W) ids of one video: its (T,H,W,3) BGR frames, prompted by ``add_prompts(state)``, propagated
+    by SAM2 from the earliest prompted frame on."""
     import torch
 
+    T, H, W = frames_bgr.shape[:3]
+    ids = np.zeros((T, H, W), np.uint16)
+    with tempfile.TemporaryDirectory(prefix="sam2-frames-") as folder, torch.inference_mode():
+        for t in range(T):  # SAM2 reads a video as a folder of JPEGs named by frame number
+            cv2.imwrite(f"{folder}/{t:05d}.jpg", frames_bgr[t], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
+        add_prompts(state)
+        for t, object_ids, logits in predictor.propagate_in_video(state):
+            ids[t] = ids_from_logits(object_ids, logits)
+    return ids
+
+
+def segment_views(predictor, colour, prompts: list[dict[int, dict]], ids) -> tuple[np.ndarray, int]:
+    """Propagate each view's prompts through its (T,H,W,3) RGB ``colour`` frames into ``ids`` (C,T,H,W);
+    returns objects seen per frame and the number of prompted objects."""
     C, T = ids.shape[:2]
     largest_id = max((k for view in prompts for k in view), default=0)
     seen = np.zeros((T, largest_id + 1), bool)  # frame, id: is the id in some view
@@ -98,19 +113,16 @@ def segment_views(predictor, colour, prompts: list[dict[int, dict]], ids) -> tup
         if not prompts[c]:
             ids[c] = np.zeros(ids.shape[1:], np.uint16)
             continue
-        with tempfile.TemporaryDirectory(prefix="sam2-frames-") as folder, torch.inference_mode():
-            for t in range(T):  # SAM2 reads a video as a folder of JPEGs named by frame number
-                cv2.imwrite(f"{folder}/{t:05d}.jpg", colour[c, t][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-            state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
-            for k, p in prompts[c].items():
+
+        def add_prompts(state, view=prompts[c]):
+            for k, p in view.items():
                 predictor.add_new_points_or_box(
                     state, frame_idx=p["frame"], obj_id=k, box=p["box"],
                     points=np.asarray(p["points"], np.float32) if p["points"] else None,
                     labels=np.asarray(p["labels"], np.int32) if p["points"] else None)
-            view = np.zeros(ids.shape[1:], np.uint16)
-            for t, object_ids, logits in predictor.propagate_in_video(state):
-                view[t] = ids_from_logits(object_ids, logits)
-            ids[c] = view
+
+        view_ids = propagate(predictor, colour[c][..., ::-1], add_prompts)
+        ids[c] = view_ids
         for t in range(T):
-            seen[t, np.unique(view[t])] = True
+            seen[t, np.unique(view_ids[t])] = True
     return seen[:, 1:].sum(axis=1), len(set().union(*prompts))

@@ -20,7 +20,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -103,24 +102,16 @@ def propagate_offline(frames: np.ndarray, first: np.ndarray, band_px: int = 8, c
     return ids
 
 
-def propagate_sam2(predictor, frame_files: list[Path], first: np.ndarray) -> np.ndarray:
-    """(T,H,W) ids from SAM2's video predictor given the first frame's ids as mask prompts."""
-    import torch
+def propagate_sam2(predictor, frames: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """(T,H,W) ids from SAM2's video predictor through (T,H,W,3) BGR ``frames``, given the first frame's
+    ids as mask prompts."""
+    from .sam2_masks import propagate
 
-    from .sam2_masks import ids_from_logits
-
-    T, (H, W) = len(frame_files), first.shape
-    ids = np.zeros((T, H, W), np.uint16)
-    with tempfile.TemporaryDirectory(prefix="sam2-frames-") as folder, torch.inference_mode():
-        for t, p in enumerate(frame_files):  # SAM2 reads JPEGs named by frame number
-            cv2.imwrite(f"{folder}/{t:05d}.jpg", cv2.imread(str(p), cv2.IMREAD_COLOR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 95])
-        state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
+    def add_prompts(state):
         for k in np.unique(first[first > 0]):
             predictor.add_new_mask(state, frame_idx=0, obj_id=int(k), mask=first == k)
-        for t, object_ids, logits in predictor.propagate_in_video(state):
-            ids[t] = ids_from_logits(object_ids, logits)
-    return ids
+
+    return propagate(predictor, frames, add_prompts)
 
 
 def write_pngs(ids: np.ndarray, stems: list[str], out: Path) -> None:
@@ -169,7 +160,7 @@ def main(argv=None) -> int:
                 raise ConfigError("--backend sam2 needs --config (its masks.sam2 section)")
             from .sam2_masks import build_predictor
 
-            ids = propagate_sam2(build_predictor(load_config(args.config)["masks"]["sam2"]), files, first)
+            ids = propagate_sam2(build_predictor(load_config(args.config)["masks"]["sam2"]), frames, first)
         else:
             ids = propagate_offline(frames, first)
         write_pngs(ids, [f.stem for f in files], args.out)
