@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-TARGET ?= $(foreach stage,capture calibration depth masks,results/bowling/quality/$(stage).csv)
+TARGET ?= $(foreach stage,capture calibration depth masks tracking ids labels,results/bowling/quality/$(stage).csv)
 CORES ?= 2
 # sam2's optional CUDA extension (hole filling in its masks): set to 1 on a machine with nvcc and a GPU.
 SAM2_BUILD_CUDA ?= 0

@@ -38,7 +38,7 @@ FRAME_CONVENTIONS = {
 warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized")
 
 # Schemas this code writes and reads, and their current versions.
-SCHEMAS = {"capture": 1, "groundtruth": 1, "calibration": 1, "depth": 1, "masks": 1}
+SCHEMAS = {"capture": 1, "groundtruth": 1, "calibration": 1, "depth": 1, "masks": 1, "tracking": 1, "ids": 1, "labels": 1}
 
 
 class ArtifactError(RuntimeError):

@@ -101,9 +101,9 @@ def split_of(episode: str) -> str:
     return split
 
 
-SPEC_SECTIONS = ("rig", "table", "calibration", "depth", "masks", "scene")
+SPEC_SECTIONS = ("rig", "table", "calibration", "depth", "masks", "tracking", "ids", "labels", "scene")
 SECTION_SCHEMA = {"rig": "rig", "table": "table", "calibration": "calibration", "depth": "depth", "masks": "masks",
-                  "scene": "$defs/scene"}
+                  "tracking": "tracking", "ids": "ids", "labels": "labels", "scene": "$defs/scene"}
 
 
 def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIONS) -> dict:
@@ -113,7 +113,8 @@ def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIO
     if scene not in config["scenes"]:
         raise ConfigError(f"scene '{scene}' is not in the config (have: {', '.join(config['scenes'])})")
     full = {"rig": config["rig"], "table": config["table"], "calibration": config["calibration"],
-            "depth": config["depth"], "masks": config["masks"], "scene": config["scenes"][scene]}
+            "depth": config["depth"], "masks": config["masks"], "tracking": config["tracking"],
+            "ids": config["ids"], "labels": config["labels"], "scene": config["scenes"][scene]}
     return {"name": scene, **{k: full[k] for k in sections}}
 
 

@@ -2,6 +2,7 @@
 import cv2
 import numpy as np
 
+from pipeline.external import read_ply_points
 from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw
 from pipeline.masks import connected_objects
 from pipeline.prompts import cluster_prompts
@@ -13,16 +14,6 @@ def _box_iou(a, b):
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1) * max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
     area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
     return ix / (area(a) + area(b) - ix)
-
-
-def read_ply_points(path):
-    """(N,3) float64 vertices of a binary little-endian PLY whose vertices start with double x, y, z."""
-    raw = path.read_bytes()
-    header, body = raw.split(b"end_header\n", 1)
-    props = [line.split()[1:] for line in header.decode().splitlines() if line.startswith("property")]
-    dtype = np.dtype([(name, {"double": "<f8", "float": "<f4", "uchar": "u1"}[kind]) for kind, name in props])
-    v = np.frombuffer(body, dtype=dtype)
-    return np.stack([v["x"], v["y"], v["z"]], axis=1)
 
 
 def test_prompts_one_object_hidden_behind_another():

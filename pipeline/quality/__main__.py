@@ -1,9 +1,10 @@
 """python -m pipeline.quality STAGE ...: write a stage's quality report (see each stage's --help)."""
 import sys
 
-from . import calibration, capture, depth, masks
+from . import calibration, capture, depth, ids, labels, masks, tracking
 
-STAGES = {"capture": capture.main, "calibration": calibration.main, "depth": depth.main, "masks": masks.main}
+STAGES = {"capture": capture.main, "calibration": calibration.main, "depth": depth.main, "masks": masks.main,
+          "tracking": tracking.main, "ids": ids.main, "labels": labels.main}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in STAGES:

@@ -42,5 +42,14 @@ def masks_spec(wildcards):
     return _spec(wildcards.scene, ("masks",))
 
 
+def stage_spec(wildcards, stage):
+    return _spec(wildcards.scene, (stage,))
+
+
+def episode_artifacts(scene, stage):
+    """Every episode's artifact of a stage, in episode order (quality rules pair them with ground truth)."""
+    return expand(f"{RESULTS}/{scene}/{stage}/{{episode}}.zarr", episode=scene_episodes(scene))
+
+
 def scene_episodes(scene):
     return episode_names(config["scenes"][scene])

@@ -1,0 +1,55 @@
+"""Readers of the small real data sets others made (../shared/data/external), for tests and benchmarks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+from .geometry import make_T
+from .masks import kabsch
+from .splat import read_splat_file
+
+
+def read_ply_points(path) -> np.ndarray:
+    """(N,3) float64 vertices of a binary little-endian PLY whose vertices start with x, y, z."""
+    raw = Path(path).read_bytes()
+    header, body = raw.split(b"end_header\n", 1)
+    props = [line.split()[1:] for line in header.decode().splitlines() if line.startswith("property")]
+    dtype = np.dtype([(name, {"double": "<f8", "float": "<f4", "uchar": "u1"}[kind]) for kind, name in props])
+    v = np.frombuffer(body, dtype=dtype)
+    return np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
+
+
+def gs_dynamics_demo(path) -> dict:
+    """The gs-dynamics demo capture: four views (K (4,3,3), T_cw (4,4,4), images (4,480,640,3) RGB uint8,
+    masks (4,480,640) bool) and its trained Gaussians posed in the cameras' world frame.
+
+    The splat file is stored centred and rotated -90 degrees about x; it is rotated back, moved to the
+    centroid of the fused object cloud ``pcd.ply`` and registered onto it by ICP (the residual rotation
+    is a few degrees; centres then lie a few millimetres from the cloud)."""
+    path = Path(path)
+    K = np.load(path / "intr_list.npy")
+    T_wc = np.tile(np.eye(4), (len(K), 1, 1))
+    T_wc[:, :3, :3], T_wc[:, :3, 3] = np.load(path / "R_list.npy"), np.load(path / "t_list.npy")
+    images = np.stack([cv2.imread(str(path / f"img_{c}.png"))[..., ::-1] for c in range(len(K))])
+    masks = np.stack([cv2.imread(str(path / f"mask_{c}.png"), cv2.IMREAD_GRAYSCALE) > 0 for c in range(len(K))])
+    g = read_splat_file(path / "gs_orig.splat")
+    undo = Rotation.from_euler("x", 90, degrees=True)
+    means = undo.apply(g["means"].astype(np.float64))
+    cloud = read_ply_points(path / "pcd.ply")
+    means += cloud.mean(0) - means.mean(0)
+    tree = cKDTree(cloud)
+    T = np.eye(4)
+    for radius in np.geomspace(0.05, 0.005, 30):
+        moved = means @ T[:3, :3].T + T[:3, 3]
+        dist, j = tree.query(moved, distance_upper_bound=radius)
+        near = np.isfinite(dist)
+        R, t = kabsch(moved[near], cloud[j[near]])
+        T = make_T(R, t) @ T
+    g["means"] = (means @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+    g["quats"] = (Rotation.from_matrix(T[:3, :3]) * undo * Rotation.from_quat(g["quats"])).as_quat().astype(np.float32)
+    return {"K": K, "T_cw": np.linalg.inv(T_wc), "images": images, "masks": masks, "gaussians": g,
+            "cloud": cloud, "offset_m": float(np.median(tree.query(g["means"])[0]))}

@@ -1,0 +1,491 @@
+"""Stage `tracking`: Gaussians fitted to the first frame, then tracked through the episode.
+
+    python -m pipeline.tracking --capture results/bowling/capture/train_0000.zarr \\
+        --depth results/bowling/depth/train_0000.zarr --masks results/bowling/masks/train_0000.zarr \\
+        --calibration results/bowling/calibration.zarr --config config.yaml --scene bowling \\
+        --out results/bowling/tracking/train_0000.zarr
+
+First frame: the masked depth of all views is lifted into the world, voxel-averaged and made into
+isotropic Gaussians (colour from the pixels, size from the neighbour spacing, the mask's object id as the
+Gaussian's segmentation label). Colours, opacities, scales, positions and rotations are then optimised
+against all views (0.8 L1 + 0.2 D-SSIM on colour, plus L1 of the rendered per-object colours against the
+masks), with pruning of transparent Gaussians and densification where the positional gradient is large.
+The table and background are a fixed image per view (the median of the pixels the masks call background
+over the episode) that the objects' render is composited over, so they never pull object Gaussians and
+stay static by construction.
+
+Later frames, after Dynamic 3D Gaussians (Luiten et al. 2024) as GS-Dynamics uses it: colours,
+opacities and scales are frozen; positions and rotations start from a constant-velocity prediction,
+optionally moved per object by a rigid ICP onto the frame's masked depth (``prealign``), and are
+optimised with the image and segmentation losses plus local rigidity, rotation similarity and isometry
+over k nearest neighbours of the same object (weights exp(-w d^2), d in metres, from the first frame)
+and a floor term (no Gaussian centre below the table).
+
+Artifact: per-frame means (T,N,3) and quaternions (T,N,4, x y z w) and the frozen per-Gaussian scales
+(N,3), opacities (N,), colours (N,3) and first-frame mask labels (N,).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+
+from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
+from .config import ConfigError, read_scene_spec
+from .geometry import make_T
+from .masks import kabsch, world_points
+from .splat import quat_to_rotmat, render
+
+
+class TrackingError(RuntimeError):
+    """Tracking cannot run on these inputs; the message names the file, camera or frame."""
+
+
+# -- image losses ------------------------------------------------------------------------------------
+
+def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    w = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return w / w.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of (B,H,W,3) images in [0, 1] (11-pixel Gaussian window, separable)."""
+    x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
+    ch = x.shape[1]
+    w = _gauss_window().to(x)
+    wx, wy = w.reshape(1, 1, 1, -1).repeat(ch, 1, 1, 1), w.reshape(1, 1, -1, 1).repeat(ch, 1, 1, 1)
+
+    def blur(z):
+        return F.conv2d(F.conv2d(z, wx, padding=(0, 5), groups=ch), wy, padding=(5, 0), groups=ch)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+# -- the Gaussians -------------------------------------------------------------------------------------
+
+class Gaussians:
+    """Per-Gaussian parameters (torch leaves, optimised in their unconstrained forms)."""
+
+    def __init__(self, means, colours, labels, scales):
+        n = len(means)
+        self.means = torch.as_tensor(means, dtype=torch.float32).clone()
+        self.quats = torch.zeros(n, 4)
+        self.quats[:, 3] = 1.0
+        self.log_scales = torch.log(torch.as_tensor(scales, dtype=torch.float32))[:, None].repeat(1, 3)
+        self.opacity_logits = torch.full((n,), 2.0)  # sigmoid(2) = 0.88
+        self.colours = torch.as_tensor(colours, dtype=torch.float32).clone()
+        self.labels = torch.as_tensor(labels, dtype=torch.long).clone()
+
+    @property
+    def scales(self):
+        return torch.exp(self.log_scales)
+
+    @property
+    def opacities(self):
+        return torch.sigmoid(self.opacity_logits)
+
+    def select(self, keep: torch.Tensor) -> None:
+        for name in ("means", "quats", "log_scales", "opacity_logits", "colours", "labels"):
+            setattr(self, name, getattr(self, name)[keep].detach().clone())
+
+    def append(self, **values) -> None:
+        for name, v in values.items():
+            setattr(self, name, torch.cat([getattr(self, name).detach(), v.detach()]))
+
+
+class Frame:
+    """One frame of all cameras: colour (C,H,W,3) in [0, 1] and mask ids (C,H,W)."""
+
+    def __init__(self, colour: np.ndarray, ids: np.ndarray, n_ids: int):
+        self.rgb = torch.from_numpy(colour).float() / 255.0
+        ids = torch.from_numpy(ids.astype(np.int64))
+        self.seg = F.one_hot(ids.clamp(max=n_ids), n_ids + 1)[..., 1:].float()   # (C,H,W,M)
+
+
+class Views:
+    """The calibrated cameras and the static background the objects are composited over."""
+
+    def __init__(self, K: np.ndarray, T_cw: np.ndarray, background: np.ndarray, backend: str):
+        self.K = torch.as_tensor(K, dtype=torch.float32)
+        self.T_cw = torch.as_tensor(T_cw, dtype=torch.float32)
+        self.background = torch.from_numpy(background).float() / 255.0      # (C,H,W,3)
+        self.height, self.width = background.shape[1:3]
+        self.backend = backend
+
+    def render(self, g: Gaussians, means, quats, n_ids: int):
+        features = torch.cat([g.colours.clamp(0, 1), F.one_hot(g.labels, n_ids + 1)[:, 1:].float()], 1)
+        out = render(means, quats, g.scales, g.opacities, features, self.K, self.T_cw, self.width, self.height,
+                     backend=self.backend)
+        rgb = out.features[..., :3] + (1 - out.alpha[..., None]) * self.background
+        return rgb, out.features[..., 3:], out
+
+
+def image_loss(rgb, seg, frame: Frame, weights: dict) -> torch.Tensor:
+    l_img = 0.8 * (rgb - frame.rgb).abs().mean() + 0.2 * (1 - ssim(rgb, frame.rgb))
+    l_seg = (seg - frame.seg).abs().sum(-1).mean()
+    return weights["image"] * l_img + weights["seg"] * l_seg
+
+
+def background_images(colour, ids) -> np.ndarray:
+    """(C,H,W,3) uint8: per view, the median over frames of the pixels the masks call background; a pixel
+    never background takes the median background colour of its view."""
+    C = colour.shape[0]
+    out = np.zeros(colour.shape[:1] + colour.shape[2:], np.uint8)
+    for c in range(C):
+        col = colour[c].astype(np.float32)
+        bg = (ids[c] == 0)[..., None]
+        masked = np.where(bg, col, np.nan)
+        med = np.nanmedian(masked, axis=0) if bg.any() else np.full(col.shape[1:], np.nan)
+        fill = np.nanmedian(masked.reshape(-1, 3), axis=0) if bg.any() else np.full(3, 128.0)
+        out[c] = np.where(np.isnan(med), fill, med).round().clip(0, 255).astype(np.uint8)
+    return out
+
+
+def initial_points(depth, ids, colour, K, T_cw, voxel: float):
+    """Masked depth of all views at one frame -> voxel-averaged (P,3) world points, (P,3) colours in [0, 1]
+    and (P,) mask ids (the most common id of each voxel)."""
+    pts, cols, labs = [], [], []
+    for c in range(len(K)):
+        d = np.where(ids[c] > 0, depth[c], 0)
+        p, flat = world_points(d, K[c], T_cw[c])
+        pts.append(p)
+        cols.append(colour[c].reshape(-1, 3)[flat] / 255.0)
+        labs.append(ids[c].ravel()[flat].astype(np.int64))
+    if not sum(len(p) for p in pts):
+        return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int64)
+    p, col, lab = np.concatenate(pts), np.concatenate(cols), np.concatenate(labs)
+    key = np.floor(p / voxel).astype(np.int64)
+    _, vox = np.unique(key, axis=0, return_inverse=True)
+    vox = vox.ravel()
+    n = vox.max() + 1
+    count = np.bincount(vox, minlength=n)[:, None]
+    mean_p = np.stack([np.bincount(vox, p[:, i], n) for i in range(3)], 1) / count
+    mean_c = np.stack([np.bincount(vox, col[:, i], n) for i in range(3)], 1) / count
+    votes = np.zeros((n, lab.max() + 1), np.int64)
+    np.add.at(votes, (vox, lab), 1)
+    return mean_p, mean_c, votes.argmax(1)
+
+
+def neighbours(means: np.ndarray, labels: np.ndarray, k: int, weight: float):
+    """(N,k) indices of each Gaussian's k nearest Gaussians of the same label and (N,k) weights
+    exp(-weight d^2) (0 where the label has fewer than k + 1 Gaussians)."""
+    idx = np.tile(np.arange(len(means))[:, None], (1, k))
+    w = np.zeros((len(means), k))
+    for lab in np.unique(labels):
+        members = np.flatnonzero(labels == lab)
+        kk = min(k, len(members) - 1)
+        if kk < 1:
+            continue
+        d, j = cKDTree(means[members]).query(means[members], kk + 1)
+        idx[members, :kk] = members[j[:, 1:]]
+        w[members, :kk] = np.exp(-weight * d[:, 1:] ** 2)
+    return torch.from_numpy(idx), torch.from_numpy(w).float()
+
+
+def quat_mul(a, b):
+    """Hamilton product of (...,4) quaternions (x, y, z, w)."""
+    ax, ay, az, aw = a.unbind(-1)
+    bx, by, bz, bw = b.unbind(-1)
+    return torch.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], -1)
+
+
+def quat_conj(q):
+    return q * q.new_tensor([-1.0, -1.0, -1.0, 1.0])
+
+
+def rigidity_loss(means, quats, prev_means, prev_quats, offsets0, nbr, w, weights: dict) -> torch.Tensor:
+    """Dynamic 3D Gaussians' local rigidity, rotation similarity and isometry over neighbours ``nbr``."""
+    q, pq = F.normalize(quats, dim=-1), F.normalize(prev_quats, dim=-1)
+    rel = quat_mul(q, quat_conj(pq))                                  # rotation since the last frame
+    R_rel = quat_to_rotmat(rel)
+    off, prev_off = means[nbr] - means[:, None], prev_means[nbr] - prev_means[:, None]
+    carried = torch.einsum("nij,nkj->nki", R_rel, prev_off)
+    wsum = w.sum().clamp_min(1e-9)
+    rigid = ((off - carried).norm(dim=-1) * w).sum() / wsum
+    rot = ((rel[nbr] - rel[:, None]).norm(dim=-1) * w).sum() / wsum
+    iso = ((off.norm(dim=-1) - offsets0).abs() * w).sum() / wsum
+    return weights["rigid"] * rigid + weights["rot"] * rot + weights["iso"] * iso
+
+
+def floor_loss(means, weights: dict) -> torch.Tensor:
+    return weights["floor"] * torch.relu(-means[:, 2]).mean()
+
+
+# -- first frame -----------------------------------------------------------------------------------
+
+def fit_first_frame(g: Gaussians, views: Views, frame: Frame, n_ids: int, cfg: dict) -> dict:
+    """Optimise all parameters of ``g`` against the first frame (in place); returns fit figures."""
+    fc = cfg["first_frame"]
+    params = {"means": fc["lr_means"], "quats": fc["lr_quats"], "log_scales": fc["lr_scales"],
+              "opacity_logits": fc["lr_opacities"], "colours": fc["lr_colours"]}
+
+    def optimiser():
+        for name in params:
+            getattr(g, name).requires_grad_(True)
+        return torch.optim.Adam([{"params": [getattr(g, n)], "lr": lr} for n, lr in params.items()])
+
+    opt = optimiser()
+    grad_acc = torch.zeros(len(g.means))
+    steps = fc["iterations"]
+    for it in tqdm(range(steps), desc="first frame", unit="it", file=sys.stderr, leave=False):
+        rgb, seg, _ = views.render(g, g.means, g.quats, n_ids)
+        loss = image_loss(rgb, seg, frame, cfg["weights"]) + floor_loss(g.means, cfg["weights"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        grad_acc += g.means.grad.norm(dim=-1).detach()
+        if (it + 1) % fc["densify_every"] == 0 and it + 1 < fc["densify_until"] * steps:
+            _prune_and_densify(g, grad_acc / fc["densify_every"], fc)
+            opt, grad_acc = optimiser(), torch.zeros(len(g.means))
+    keep = g.opacities.detach() > fc["prune_opacity"]
+    g.select(keep)
+    with torch.no_grad():
+        rgb, seg, out = views.render(g, g.means, g.quats, n_ids)
+        mse = ((rgb - frame.rgb) ** 2).mean(dim=(1, 2, 3))
+    return {"psnr_db": (-10 * torch.log10(mse)).tolist(), "loss": float(loss.detach())}
+
+
+def _prune_and_densify(g: Gaussians, grad: torch.Tensor, fc: dict) -> None:
+    """Drop nearly transparent Gaussians; clone small ones and split large ones where the mean positional
+    gradient is above ``densify_grad``."""
+    with torch.no_grad():
+        keep = g.opacities > fc["prune_opacity"]
+        grad = grad[keep]
+        g.select(keep)
+        hot = grad > fc["densify_grad"]
+        big = g.scales.max(dim=1).values > fc["split_scale_m"]
+        split, clone = hot & big, hot & ~big
+        # A split Gaussian becomes two, each displaced by a sample from it and 1.6x smaller.
+        R = quat_to_rotmat(g.quats[split])
+        offsets = torch.einsum("nij,nj->ni", R, torch.randn(int(split.sum()), 3) * g.scales[split])
+        new = {"means": torch.cat([g.means[clone], g.means[split] + offsets]),
+               "quats": torch.cat([g.quats[clone], g.quats[split]]),
+               "log_scales": torch.cat([g.log_scales[clone], g.log_scales[split] - np.log(1.6)]),
+               "opacity_logits": torch.cat([g.opacity_logits[clone], g.opacity_logits[split]]),
+               "colours": torch.cat([g.colours[clone], g.colours[split]]),
+               "labels": torch.cat([g.labels[clone], g.labels[split]])}
+        g.log_scales[split] -= np.log(1.6)
+        g.means[split] -= offsets
+        g.append(**new)
+
+
+# -- later frames ---------------------------------------------------------------------------------------
+
+def _icp(model: np.ndarray, target: np.ndarray, T: np.ndarray, radius: float, steps: int):
+    """Refine the (4,4) pose ``T`` of (M,3) ``model`` points onto (P,3) ``target`` points: each target point
+    pairs with the nearest posed model point within a radius shrinking from ``radius`` to a quarter.
+    Returns the pose and the mean target-to-model distance (capped at ``radius``)."""
+    tree_pts = model @ T[:3, :3].T + T[:3, 3]
+    for r in np.geomspace(radius, radius / 4, steps):
+        dist, j = cKDTree(tree_pts).query(target, distance_upper_bound=r)
+        near = np.isfinite(dist)
+        if near.sum() < 10:
+            break
+        R, t = kabsch(tree_pts[j[near]], target[near])
+        T = make_T(R, t) @ T
+        tree_pts = model @ T[:3, :3].T + T[:3, 3]
+    dist, _ = cKDTree(tree_pts).query(target)
+    return T, float(np.minimum(dist, radius).mean())
+
+
+class ObjectPoses:
+    """Rigid poses of the objects from their masked depth, for the start of every frame.
+
+    Each object's model is its masked depth points at the first frame (mask id = object). A frame's pose is
+    found by ICP of the model onto the frame's points of the same mask id, from a constant-velocity
+    prediction and from that prediction shifted to the points' centroid (a fast start outruns the first);
+    the start with the smaller residual wins. Registering depth to depth, both seen by the same cameras,
+    keeps the biases of depth and masks out of the relative motion."""
+
+    def __init__(self, first: dict[int, np.ndarray], cfg: dict):
+        self.models = {k: v for k, v in first.items() if len(v) >= 20}
+        self.poses = {k: np.eye(4) for k in self.models}
+        self.velocity = {k: np.eye(4) for k in self.models}
+        self.cfg = cfg
+
+    def step(self, targets: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """Move to the next frame; returns {id: (4,4) motion since the last frame} of the objects seen."""
+        moved = {}
+        for k, model in self.models.items():
+            predicted = self.velocity[k] @ self.poses[k]
+            target = targets.get(k)
+            if target is None or len(target) < 20:
+                pose = predicted
+            else:
+                shift = np.eye(4)
+                shift[:3, 3] = target.mean(0) - (model @ predicted[:3, :3].T + predicted[:3, 3]).mean(0)
+                fits = [_icp(model, target, start, self.cfg["prealign_radius_m"], self.cfg["prealign_iterations"])
+                        for start in (predicted, shift @ predicted)]
+                pose = min(fits, key=lambda f: f[1])[0]
+            moved[k] = pose @ np.linalg.inv(self.poses[k])
+            self.velocity[k], self.poses[k] = moved[k], pose
+        return moved
+
+
+def apply_motion(means: torch.Tensor, quats: torch.Tensor, labels: torch.Tensor, motion: dict[int, np.ndarray]):
+    """Move each label's Gaussians (positions and rotations) by its (4,4) rigid motion."""
+    means, quats = means.clone(), quats.clone()
+    for k, M in motion.items():
+        sel = labels == k
+        M = torch.from_numpy(M).float()
+        means[sel] = means[sel] @ M[:3, :3].T + M[:3, 3]
+        q = torch.from_numpy(Rotation.from_matrix(M[:3, :3].numpy().astype(np.float64)).as_quat()).float()
+        quats[sel] = quat_mul(q.expand_as(quats[sel]), quats[sel])
+    return means, quats
+
+
+def frame_start(means: np.ndarray, quats: np.ndarray, labels: torch.Tensor, motion: dict[int, np.ndarray]):
+    """Where frame t's optimisation starts, from the (t,N,3) means and (t,N,4) quaternions of the frames
+    before it: a constant-velocity prediction (as Dynamic 3D Gaussians), replaced for the objects in
+    ``motion`` by their rigid motion since the last frame applied to their last state."""
+    prev_m, prev_q = torch.from_numpy(means[-1]), torch.from_numpy(quats[-1])
+    if len(means) >= 2:
+        m = 2 * prev_m - torch.from_numpy(means[-2])
+        q = F.normalize(2 * prev_q - torch.from_numpy(quats[-2]), dim=-1)
+    else:
+        m, q = prev_m.clone(), prev_q.clone()
+    if motion:
+        moved_m, moved_q = apply_motion(prev_m, prev_q, labels, motion)
+        sel = torch.isin(labels, torch.tensor(list(motion)))
+        m[sel], q[sel] = moved_m[sel], moved_q[sel]
+    return m, q
+
+
+def masked_points(depth, ids, K, T_cw, stride: int) -> dict[int, np.ndarray]:
+    """{mask id: (P,3) world points of its pixels in all views}, every ``stride``-th pixel."""
+    out: dict[int, list] = {}
+    for c in range(len(K)):
+        d = np.zeros_like(depth[c])
+        d[::stride, ::stride] = depth[c][::stride, ::stride]
+        p, flat = world_points(np.where(ids[c] > 0, d, 0), K[c], T_cw[c])
+        lab = ids[c].ravel()[flat]
+        for k in np.unique(lab):
+            out.setdefault(int(k), []).append(p[lab == k])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def track_frame(g: Gaussians, views: Views, frame: Frame, n_ids: int, means, quats, prev_means, prev_quats,
+                offsets0, nbr, w, cfg: dict):
+    """Optimise positions and rotations of one frame from the given start; returns them and the last loss."""
+    means = means.clone().requires_grad_(True)
+    quats = quats.clone().requires_grad_(True)
+    tc = cfg["track"]
+    opt = torch.optim.Adam([{"params": [means], "lr": tc["lr_means"]}, {"params": [quats], "lr": tc["lr_quats"]}])
+    weights = cfg["weights"]
+    for _ in range(tc["iterations"]):
+        rgb, seg, _ = views.render(g, means, quats, n_ids)
+        loss = image_loss(rgb, seg, frame, weights) + floor_loss(means, weights) + \
+            rigidity_loss(means, quats, prev_means, prev_quats, offsets0, nbr, w, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return means.detach(), F.normalize(quats.detach(), dim=-1), float(loss)
+
+
+def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibration_path: str, cfg: dict,
+                   out: str) -> dict:
+    capture = open_artifact(capture_path, "capture")
+    depth_art = open_artifact(depth_path, "depth")
+    masks = open_artifact(masks_path, "masks")
+    cal = open_artifact(calibration_path, "calibration")
+    names = list(masks.attrs["camera_names"])
+    for path, art in ((capture_path, capture), (depth_path, depth_art), (calibration_path, cal)):
+        if list(art.attrs["camera_names"]) != names:
+            raise TrackingError(f"{path} has cameras {list(art.attrs['camera_names'])}, {masks_path} has {names}")
+    C, T, H, W = masks["ids"].shape
+    for path, arr in ((capture_path, capture["color"]), (depth_path, depth_art["depth"])):
+        if arr.shape[:4] != (C, T, H, W):
+            raise TrackingError(f"{path}: frames {arr.shape[:4]} do not match the masks {(C, T, H, W)} of {masks_path}")
+    torch.manual_seed(cfg["seed"])
+    colour, ids = capture["color"][:], masks["ids"][:]
+    K, T_cw = depth_art["K"][:], cal["T_cw_color"][:]
+    n_ids = int(ids.max())
+    if n_ids == 0:
+        raise TrackingError(f"{masks_path}: no object in any mask; nothing to track")
+    views = Views(K, T_cw, background_images(colour, ids), cfg["backend"])
+    depth0 = depth_art["depth"][:, 0]
+    points, cols, labels = initial_points(depth0, ids[:, 0], colour[:, 0], K, T_cw, cfg["init_voxel_m"])
+    if len(points) < 10:
+        raise TrackingError(f"{masks_path}: frame 0 has {len(points)} masked pixels with depth in "
+                            f"{depth_path}; need at least 10 to start Gaussians")
+    spacing = cKDTree(points).query(points, 4)[0][:, 1:].mean(1).clip(cfg["init_voxel_m"] / 4, cfg["init_voxel_m"])
+    g = Gaussians(points, cols, labels, spacing / 2)
+    fit = fit_first_frame(g, views, Frame(colour[:, 0], ids[:, 0], n_ids), n_ids, cfg)
+    N = len(g.means)
+    means0 = g.means.detach().numpy()
+    nbr, w = neighbours(means0, g.labels.numpy(), cfg["neighbours"], cfg["neighbour_weight"])
+    offsets0 = (g.means[nbr] - g.means[:, None]).norm(dim=-1).detach()
+    traj_means = np.zeros((T, N, 3), np.float32)
+    traj_quats = np.zeros((T, N, 4), np.float32)
+    traj_means[0], traj_quats[0] = means0, F.normalize(g.quats.detach(), dim=-1).numpy()
+    losses = np.zeros(T)
+    losses[0] = fit["loss"]
+    attrs = {k: masks.attrs[k] for k in ("scene", "episode", "split", "camera_names")}
+    method = "dyn3dgs+prealign" if cfg["prealign"] else "dyn3dgs"
+    poses = ObjectPoses(masked_points(depth0, ids[:, 0], K, T_cw, cfg["prealign_stride"]), cfg) \
+        if cfg["prealign"] else None
+    with ArtifactWriter(out, "tracking", "tracking", cfg, **attrs, method=method, renderer=views.backend,
+                        source_capture=str(capture_path), source_depth=str(depth_path),
+                        source_masks=str(masks_path), source_calibration=str(calibration_path)) as art:
+        for t in tqdm(range(1, T), desc="tracking", unit="frame", file=sys.stderr):
+            prev_m, prev_q = torch.from_numpy(traj_means[t - 1]), torch.from_numpy(traj_quats[t - 1])
+            motion = poses.step(masked_points(depth_art["depth"][:, t], ids[:, t], K, T_cw, cfg["prealign_stride"])) \
+                if poses is not None else {}
+            m, q = frame_start(traj_means[:t], traj_quats[:t], g.labels, motion)
+            m, q, losses[t] = track_frame(g, views, Frame(colour[:, t], ids[:, t], n_ids), n_ids, m, q,
+                                          prev_m, prev_q, offsets0, nbr, w, cfg)
+            traj_means[t], traj_quats[t] = m.numpy(), q.numpy()
+        put(art, "means", traj_means, {"shape": "(T, N, 3)", "unit": "m", "frame": "world"})
+        put(art, "quats", traj_quats, {"shape": "(T, N, 4)", "convention": "(x, y, z, w), object to world"})
+        put(art, "scales", g.scales.detach().numpy(), {"unit": "m", "note": "standard deviations"})
+        put(art, "opacities", g.opacities.detach().numpy())
+        put(art, "colours", g.colours.detach().clamp(0, 1).numpy(), {"range": "[0, 1] RGB"})
+        put(art, "mask_labels", g.labels.numpy(), {"note": "first-frame mask id each Gaussian was fitted with"})
+        put(art, "background", views.background.mul(255).round().byte().numpy(), {"shape": "(C, H, W, 3)"})
+        put(art, "loss", losses)
+        put(art, "K", K, {"note": "colour cameras the Gaussians were fitted in"})
+        put(art, "T_cw", T_cw, {"maps": "world -> colour camera"})
+        art.attrs["first_frame_psnr_db"] = fit["psnr_db"]
+        art.attrs["n_gaussians"] = N
+    return {"n_gaussians": N, "psnr_db": fit["psnr_db"], "final_loss": float(losses[-1])}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tracking", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--capture", required=True, help="capture artifact of the episode (colour images)")
+    ap.add_argument("--depth", required=True, help="depth artifact of the episode")
+    ap.add_argument("--masks", required=True, help="masks artifact of the episode")
+    ap.add_argument("--calibration", required=True, help="calibration artifact of the rig")
+    ap.add_argument("--config", help="config.yaml (with --scene): its tracking section")
+    ap.add_argument("--scene")
+    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        spec = read_scene_spec(args.config, args.scene, args.spec)
+        if "tracking" not in spec:
+            raise ConfigError("the spec has no tracking section")
+        result = write_tracking(args.capture, args.depth, args.masks, args.calibration, spec["tracking"], args.out)
+    except (ConfigError, ArtifactError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{result['n_gaussians']} Gaussians; first-frame PSNR {np.round(result['psnr_db'], 1).tolist()} dB",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
