@@ -29,6 +29,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) $(TARGET)
 	$(PY) -m pipeline inspect results/bowling/capture/train_0000.zarr --png results/bowling/inspect/capture_train_0000.png
+	$(PY) -m pipeline inspect results/bowling/labels/train_0000.zarr --png results/bowling/inspect/labels_train_0000.png
 
 test: setup
 	$(PY) -m pytest -q
@@ -37,6 +38,7 @@ test: setup
 bench: setup
 	$(PY) bench/capture.py
 	$(PY) bench/stages.py
+	$(PY) bench/renderer.py
 
 clean:
 	rm -rf results .snakemake

@@ -53,3 +53,50 @@ def gs_dynamics_demo(path) -> dict:
     g["quats"] = (Rotation.from_matrix(T[:3, :3]) * undo * Rotation.from_quat(g["quats"])).as_quat().astype(np.float32)
     return {"K": K, "T_cw": np.linalg.inv(T_wc), "images": images, "masks": masks, "gaussians": g,
             "cloud": cloud, "offset_m": float(np.median(tree.query(g["means"])[0]))}
+
+
+def register_to_masks(g: dict, K: np.ndarray, T_cw: np.ndarray, masks: np.ndarray, scale: float = 0.25,
+                      steps: int = 150) -> np.ndarray:
+    """(4,4) rigid correction of Gaussians ``g`` (as from ``read_splat_file``) that best overlays their
+    rendered alpha on the (C,H,W) ``masks``: Adam on an axis-angle and a translation, images rendered at
+    ``scale`` of their size (silhouette registration, for data whose pose is known only roughly)."""
+    import torch
+
+    from .splat import quat_to_rotmat, render
+
+    C, H, W = masks.shape
+    h, w = int(H * scale), int(W * scale)
+    Ks = torch.from_numpy(K).float().clone()
+    Ks[:, :2] *= scale
+    Ks[:, :2, 2] += 0.5 * scale - 0.5  # pixel centres stay at integer coordinates
+    target = torch.from_numpy(np.stack([cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+                                        for m in masks]))
+    means = torch.from_numpy(g["means"]).float()
+    centre = means.mean(0)
+    tensors = {k: torch.from_numpy(np.asarray(g[k])).float() for k in ("quats", "scales", "opacities")}
+    rotvec = torch.zeros(3, requires_grad=True)
+    shift = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([{"params": [rotvec], "lr": 2e-3}, {"params": [shift], "lr": 5e-4}])
+    T_cw_t = torch.from_numpy(T_cw).float()
+
+    def rotation():
+        angle = rotvec.norm().clamp_min(1e-12)
+        q = torch.cat([rotvec / angle * torch.sin(angle / 2), torch.cos(angle / 2)[None]])
+        return q, quat_to_rotmat(q[None])[0]
+
+    for _ in range(steps):
+        q, R = rotation()
+        moved = (means - centre) @ R.T + centre + shift
+        from .tracking import quat_mul
+
+        quats = quat_mul(q.expand_as(tensors["quats"]), tensors["quats"])
+        out = render(moved, quats, tensors["scales"], tensors["opacities"], torch.ones(len(means), 1), Ks, T_cw_t,
+                     w, h, backend="torch")
+        loss = (out.alpha - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        _, R = rotation()
+    R, shift, c = R.numpy().astype(np.float64), shift.detach().numpy().astype(np.float64), centre.numpy()
+    return make_T(R, c + shift - R @ c)

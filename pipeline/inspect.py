@@ -15,6 +15,7 @@ import zarr
 from scipy import ndimage
 
 from .artifact import SCHEMAS, ArtifactError, open_artifact
+from .geometry import project
 
 MAX_RANGE_BYTES = 256 * 2**20
 
@@ -85,6 +86,42 @@ def overlay_ids(colour: np.ndarray, ids: np.ndarray) -> np.ndarray:
     out = overlay(colour, rgb, ids > 0)
     edge = (ids != ndimage.grey_erosion(ids, size=3)) | (ids != ndimage.grey_dilation(ids, size=3))
     out[edge & (ids > 0)] = rgb[edge & (ids > 0)]
+    return out
+
+
+def _palette(n: int) -> np.ndarray:
+    return colourise_ids(np.arange(n))
+
+
+def draw_gaussians(colour: np.ndarray, means: np.ndarray, ids: np.ndarray, K: np.ndarray, T_cw: np.ndarray) -> np.ndarray:
+    """Gaussian centres (N,3) projected as dots coloured by object id (background ids grey) over an image,
+    nearest drawn last."""
+    out = (colour // 2).copy()
+    uv, z = project(K, T_cw, means.astype(np.float64))
+    order = np.argsort(-z)
+    pal = _palette(int(ids.max()) + 1)
+    H, W = out.shape[:2]
+    for i in order:
+        u, v = int(round(uv[i, 0])), int(round(uv[i, 1]))
+        if z[i] > 0 and 0 <= u < W and 0 <= v < H:
+            out[v, u] = pal[ids[i]]
+    return out
+
+
+def draw_tracks(colour: np.ndarray, means: np.ndarray, ids: np.ndarray, K: np.ndarray, T_cw: np.ndarray,
+                every: int = 25) -> np.ndarray:
+    """Projected trajectories (T,N,3) of every ``every``-th Gaussian, coloured by object id."""
+    out = np.ascontiguousarray(colour // 2)
+    pal = _palette(int(ids.max()) + 1)
+    for i in range(0, means.shape[1], every):
+        if ids[i] == 0:
+            continue
+        uv, z = project(K, T_cw, means[:, i].astype(np.float64))
+        if (z <= 0).any():
+            continue
+        pts = np.round(uv).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(out, [pts], False, tuple(int(x) for x in pal[ids[i]]), 1, cv2.LINE_AA)
+        cv2.circle(out, tuple(int(x) for x in pts[-1, 0]), 1, tuple(int(x) for x in pal[ids[i]]), -1)
     return out
 
 
@@ -159,6 +196,14 @@ def contact_sheet(group: zarr.Group) -> np.ndarray:
                       ("ids over colour", lambda c, t: overlay_ids(colour[c, t], group["ids"][c, t]))]
         else:
             panels = [("ids", lambda c, t: colourise_ids(group["ids"][c, t]))]
+        names = group.attrs["camera_names"]
+    elif schema == "labels":
+        colour = open_artifact(group.attrs["images"], "capture")["color"]
+        C, T, h, w = colour.shape[:4]
+        tracked, ids = group["tracked_means"][:], group["ids"][:]
+        K, T_cw = group["K"][:], group["T_cw"][:]
+        panels = [("Gaussians by id", lambda c, t: draw_gaussians(colour[c, t], tracked[t], ids, K[c], T_cw[c])),
+                  ("tracks to t", lambda c, t: draw_tracks(colour[c, t], tracked[:t + 1], ids, K[c], T_cw[c]))]
         names = group.attrs["camera_names"]
     else:
         raise ArtifactError(f"no picture is defined for schema {schema!r}")

@@ -1,0 +1,135 @@
+"""Tracking, id voting and pseudo-labels: unit checks and the three stages on a small episode."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from pipeline.artifact import open_artifact
+from pipeline.geometry import make_T
+from pipeline.ids import vote
+from pipeline.inspect import inspect
+from pipeline.labels import robust_motion
+from pipeline.quality.ids import id_figures
+from pipeline.quality.labels import label_figures
+from pipeline.quality.tracking import tracking_figures
+from pipeline.tracking import ObjectPoses, TrackingError, write_tracking
+
+from .conftest import run_module
+from .test_masks import _calibration_from
+
+
+def test_vote_majority_ties_and_background():
+    scores = np.zeros((3, 4, 2))
+    scores[:, 0, 0] = [0.9, 0.8, 0.1]           # three views say object 1
+    scores[:, 0, 1] = [0.1, 0.1, 0.5]
+    scores[:, 1] = [[0.6, 0.0], [0.0, 0.3], [0.0, 0.0]]  # one vote each: larger summed score (object 1) wins
+    scores[:, 2] = [[0.01, 0.0], [0.0, 0.02], [0.0, 0.0]]  # below min_contribution everywhere: background
+    scores[:, 3] = [[0.0, 0.4], [0.0, 0.4], [0.3, 0.0]]  # two of three for object 2
+    ids, votes, soft = vote(scores, 0.05)
+    assert ids.tolist() == [1, 1, 0, 2]
+    assert votes[0].tolist() == [2, 1] and votes[2].sum() == 0
+    np.testing.assert_allclose(soft[:2].sum(1), 1, rtol=1e-6)
+
+
+def test_robust_motion_rejects_outliers():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(-0.05, 0.05, (200, 3))
+    M = make_T(Rotation.from_rotvec([0.2, -0.4, 0.9]).as_matrix(), [0.1, -0.03, 0.02])
+    dst = src @ M[:3, :3].T + M[:3, 3] + rng.normal(0, 0.0005, src.shape)
+    dst[:30] += rng.uniform(-0.05, 0.05, (30, 3))  # 15% of the Gaussians went elsewhere
+    fitted, rms, share = robust_motion(src, dst, {"iterations": 3, "outlier_sigma": 3.0, "min_inlier_m": 0.003})
+    assert np.abs(fitted - M).max() < 2e-3
+    assert rms < 0.0015 and 0.8 < share < 0.9
+
+
+def test_object_poses_follow_a_fast_rigid_motion():
+    """A cube's points moving 4 cm and turning 8 degrees a frame: the pose tracker keeps up (the centroid
+    start catches the first frame, the constant-velocity start the rest)."""
+    rng = np.random.default_rng(1)
+    cube = rng.uniform(-0.02, 0.02, (800, 3)) * [1, 1, 1]
+    cube[np.arange(800), rng.integers(0, 3, 800)] = rng.choice([-0.02, 0.02], 800)  # on the faces
+    cfg = {"prealign_radius_m": 0.03, "prealign_iterations": 10}
+    poses = ObjectPoses({1: cube}, cfg)
+    step = make_T(Rotation.from_euler("z", 8, degrees=True).as_matrix(), [0.04, 0.0, 0.0])
+    truth = np.eye(4)
+    for _ in range(5):
+        truth = step @ truth
+        seen = cube[rng.random(800) < 0.6]  # each frame sees another part
+        moved = poses.step({1: seen @ truth[:3, :3].T + truth[:3, 3]})
+        assert set(moved) == {1}
+        assert np.abs(poses.poses[1] - truth).max() < 3e-3
+
+
+@pytest.fixture(scope="module")
+def episode_inputs(bowling_episode, default_config, tmp_path_factory):
+    """depth (sensor), calibration (true poses) and fused masks of the small bowling episode."""
+    out = tmp_path_factory.mktemp("tracking")
+    cap = open_artifact(bowling_episode[0], "capture")
+    depth, cal, masks = out / "depth.zarr", out / "cal.zarr", out / "masks.zarr"
+    spec = json.dumps({"name": "bowling", "depth": {**default_config["depth"], "method": "sensor"},
+                       "masks": default_config["masks"]})
+    assert run_module("pipeline.depth", "--capture", str(bowling_episode[0]), "--spec", spec,
+                      "--out", str(depth)).returncode == 0
+    _calibration_from(bowling_episode[1], cal, list(cap.attrs["camera_names"]))
+    result = run_module("pipeline.masks", "--capture", str(bowling_episode[0]), "--depth", str(depth),
+                        "--calibration", str(cal), "--spec", spec, "--out", str(masks))
+    assert result.returncode == 0, result.stderr
+    return {"capture": bowling_episode[0], "groundtruth": bowling_episode[1], "depth": depth, "calibration": cal,
+            "masks": masks, "dir": out}
+
+
+def _fast(default_config) -> dict:
+    cfg = json.loads(json.dumps(default_config["tracking"]))
+    cfg["first_frame"]["iterations"] = 30
+    cfg["track"]["iterations"] = 3
+    return cfg
+
+
+@pytest.mark.slow
+def test_tracking_ids_labels_stages(episode_inputs, default_config):
+    e = episode_inputs
+    track, ids, labels = e["dir"] / "tracking.zarr", e["dir"] / "ids.zarr", e["dir"] / "labels.zarr"
+    spec = json.dumps({"name": "bowling", "tracking": _fast(default_config), "ids": default_config["ids"],
+                       "labels": default_config["labels"]})
+    result = run_module("pipeline.tracking", "--capture", str(e["capture"]), "--depth", str(e["depth"]),
+                        "--masks", str(e["masks"]), "--calibration", str(e["calibration"]), "--spec", spec,
+                        "--out", str(track))
+    assert result.returncode == 0, result.stderr
+    result = run_module("pipeline.ids", "--tracking", str(track), "--masks", str(e["masks"]), "--spec", spec,
+                        "--out", str(ids))
+    assert result.returncode == 0, result.stderr
+    result = run_module("pipeline.labels", "--tracking", str(track), "--ids", str(ids), "--capture", str(e["capture"]),
+                        "--masks", str(e["masks"]), "--spec", spec, "--out", str(labels))
+    assert result.returncode == 0, result.stderr
+    gt = open_artifact(e["groundtruth"], "groundtruth")
+    t_art, i_art, l_art = open_artifact(track, "tracking"), open_artifact(ids, "ids"), open_artifact(labels, "labels")
+    T, N = t_art["means"].shape[:2]
+    assert T == gt["poses"].shape[0] and N > 100
+    assert l_art["positions"].shape == (T, N, 3) and l_art["rotations"].shape == (T, N, 4)
+    assert i_art["soft_ids"].shape == (N, i_art.attrs["n_objects"])
+    # 160x120 and 4 frames (pins a few pixels wide): figures that guard against breakage.
+    tf, idf, lf = tracking_figures(t_art, gt), id_figures(i_art, gt), label_figures(l_art, gt)
+    assert tf["mte_mm"][0] < 15 and tf["survival"][0] > 0.95, tf
+    assert idf["id_accuracy"][0] > 0.8, idf
+    assert lf["pose_trans_err_mm"][0] < 15 and lf["pose_rot_err_deg"][0] < 10, lf
+    png = e["dir"] / "labels.png"
+    inspect(str(labels), str(png))
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_tracking_bad_input(episode_inputs, default_config, tmp_path):
+    e = episode_inputs
+    out = tmp_path / "t.zarr"
+    _calibration_from(e["groundtruth"], tmp_path / "cal.zarr", ["a", "b", "c", "d"])
+    with pytest.raises(TrackingError, match="has cameras"):
+        write_tracking(str(e["capture"]), str(e["depth"]), str(e["masks"]), str(tmp_path / "cal.zarr"),
+                       _fast(default_config), str(out))
+    result = run_module("pipeline.tracking", "--capture", str(e["capture"]), "--depth", str(e["depth"]),
+                        "--masks", str(e["capture"]), "--calibration", str(e["calibration"]),
+                        "--spec", json.dumps({"name": "bowling", "tracking": _fast(default_config)}), "--out", str(out))
+    assert result.returncode == 2 and "expected a 'masks' artifact" in result.stderr
+    assert not out.exists()
