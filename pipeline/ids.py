@@ -9,7 +9,8 @@ of view c is its compositing weight γ = α_i(u) Π_{j in front of i} (1 − α_
 id) the Gaussian's score is its largest γ inside that mask; each view votes for the mask of highest
 score; the majority over views decides, ties broken by the summed score. Voting is repeated at every
 ``frame_stride``-th tracked frame and the votes pooled, so a Gaussian hidden at one frame is decided by
-others. A Gaussian whose best score stays below ``min_contribution`` in every view is background (id 0).
+others. A Gaussian whose best score stays below ``min_contribution`` (default 0.001: next to no
+contribution) in every view is background (id 0).
 Soft ids are the summed scores per object, normalised to sum to one.
 
 Artifact: ``ids`` (N,) int32 (0 = background), ``soft_ids`` (N, M) float32 over mask ids 1..M,

@@ -391,7 +391,7 @@ def track_frame(g: Gaussians, views: Views, frame: Frame, n_ids: int, means, qua
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return means.detach(), F.normalize(quats.detach(), dim=-1), float(loss)
+    return means.detach(), F.normalize(quats.detach(), dim=-1), float(loss.detach())
 
 
 def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibration_path: str, cfg: dict,
