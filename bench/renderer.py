@@ -127,7 +127,7 @@ def main() -> int:
     print(f"reference renderer: {report['reference']['reference_fwd_bwd_ms']:.1f} ms", file=sys.stderr)
     d = gs_dynamics_demo(EXTERNAL / "gs-dynamics-demo")
     report["gs_dynamics_demo"] = {"icp_pose": demo_figures(d, d["gaussians"])}
-    T = register_to_masks(d["gaussians"], d["K"], d["T_cw"], d["masks"], scale=0.125, steps=100)
+    T = register_to_masks(d["gaussians"], d["K"], d["T_cw"], d["masks"], scale=0.25, steps=150)
     report["gs_dynamics_demo"]["silhouette_registered"] = {**demo_figures(d, moved(d["gaussians"], T)),
                                                            "correction_mm": (T[:3, 3] * 1000).tolist()}
     print(json.dumps(report["gs_dynamics_demo"], indent=1), file=sys.stderr)
