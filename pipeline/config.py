@@ -123,6 +123,21 @@ def config_hash(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def add_spec_arguments(ap, section: str) -> None:
+    """The --config/--scene/--spec options every stage command takes (see ``stage_section``)."""
+    ap.add_argument("--config", help=f"config.yaml (with --scene): its {section} section")
+    ap.add_argument("--scene")
+    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+
+
+def stage_section(args, section: str) -> dict:
+    """The ``section`` of the scene spec named by a stage command's --config/--scene or --spec."""
+    spec = read_scene_spec(args.config, args.scene, args.spec)
+    if section not in spec:
+        raise ConfigError(f"the spec has no {section} section")
+    return spec[section]
+
+
 def read_scene_spec(config_path: str | None, scene: str | None, spec_json: str | None) -> dict:
     """The scene spec for a stage command: from ``--config FILE --scene NAME`` or ``--spec JSON``.
 

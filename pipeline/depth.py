@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
-from .config import ConfigError, read_scene_spec
+from .config import ConfigError, add_spec_arguments, stage_section
 from .geometry import backproject
 from .stereo import MatcherParams, disparity_to_points, match, rectify, register
 
@@ -108,16 +108,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.depth", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--capture", required=True)
-    ap.add_argument("--config", help="config.yaml (with --scene): its depth section")
-    ap.add_argument("--scene")
-    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+    add_spec_arguments(ap, "depth")
     ap.add_argument("--out", required=True, help="depth artifact to write (.zarr)")
     args = ap.parse_args(argv)
     try:
-        spec = read_scene_spec(args.config, args.scene, args.spec)
-        if "depth" not in spec:
-            raise ConfigError("the spec has no depth section")
-        write_depth(args.capture, spec["depth"]["method"], matcher_params(spec["depth"]), args.out)
+        cfg = stage_section(args, "depth")
+        write_depth(args.capture, cfg["method"], matcher_params(cfg), args.out)
     except (ConfigError, ArtifactError, DepthError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
-from .config import ConfigError, read_scene_spec
+from .config import ConfigError, add_spec_arguments, stage_section
 from .splat import contributions
 
 
@@ -93,16 +93,12 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracking", required=True, help="tracking artifact of the episode")
     ap.add_argument("--masks", required=True, help="masks artifact of the episode")
-    ap.add_argument("--config", help="config.yaml (with --scene): its ids section")
-    ap.add_argument("--scene")
-    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+    add_spec_arguments(ap, "ids")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        spec = read_scene_spec(args.config, args.scene, args.spec)
-        if "ids" not in spec:
-            raise ConfigError("the spec has no ids section")
-        result = write_ids(args.tracking, args.masks, spec["ids"], args.out)
+        cfg = stage_section(args, "ids")
+        result = write_ids(args.tracking, args.masks, cfg, args.out)
     except (ConfigError, ArtifactError, IdsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

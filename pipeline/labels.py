@@ -25,7 +25,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
-from .config import ConfigError, read_scene_spec
+from .config import ConfigError, add_spec_arguments, stage_section
 from .geometry import make_T
 from .masks import kabsch
 
@@ -123,16 +123,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ids", required=True)
     ap.add_argument("--capture", required=True, help="the episode's images (referenced, not copied)")
     ap.add_argument("--masks", required=True, help="the episode's masks (referenced, not copied)")
-    ap.add_argument("--config", help="config.yaml (with --scene): its labels section")
-    ap.add_argument("--scene")
-    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+    add_spec_arguments(ap, "labels")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        spec = read_scene_spec(args.config, args.scene, args.spec)
-        if "labels" not in spec:
-            raise ConfigError("the spec has no labels section")
-        result = write_labels(args.tracking, args.ids, args.capture, args.masks, spec["labels"], args.out)
+        cfg = stage_section(args, "labels")
+        result = write_labels(args.tracking, args.ids, args.capture, args.masks, cfg, args.out)
     except (ConfigError, ArtifactError, LabelsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
-from .config import ConfigError, read_scene_spec
+from .config import ConfigError, add_spec_arguments, stage_section
 from .geometry import backproject, invert_T, pixel_rays, project, transform_points
 
 
@@ -375,16 +375,12 @@ def main(argv=None) -> int:
     ap.add_argument("--capture", required=True, help="capture artifact of the episode (colour images)")
     ap.add_argument("--depth", required=True, help="depth artifact of the episode")
     ap.add_argument("--calibration", required=True, help="calibration artifact of the rig")
-    ap.add_argument("--config", help="config.yaml (with --scene): its masks section")
-    ap.add_argument("--scene")
-    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+    add_spec_arguments(ap, "masks")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        spec = read_scene_spec(args.config, args.scene, args.spec)
-        if "masks" not in spec:
-            raise ConfigError("the spec has no masks section")
-        result = write_masks(args.capture, args.depth, args.calibration, spec["masks"], args.out)
+        cfg = stage_section(args, "masks")
+        result = write_masks(args.capture, args.depth, args.calibration, cfg, args.out)
     except (ConfigError, ArtifactError, MasksError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

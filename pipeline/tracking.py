@@ -37,7 +37,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
-from .config import ConfigError, read_scene_spec
+from .config import ConfigError, add_spec_arguments, stage_section
 from .geometry import make_T
 from .masks import kabsch, world_points
 from .splat import quat_to_rotmat, render
@@ -469,16 +469,12 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", required=True, help="depth artifact of the episode")
     ap.add_argument("--masks", required=True, help="masks artifact of the episode")
     ap.add_argument("--calibration", required=True, help="calibration artifact of the rig")
-    ap.add_argument("--config", help="config.yaml (with --scene): its tracking section")
-    ap.add_argument("--scene")
-    ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
+    add_spec_arguments(ap, "tracking")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        spec = read_scene_spec(args.config, args.scene, args.spec)
-        if "tracking" not in spec:
-            raise ConfigError("the spec has no tracking section")
-        result = write_tracking(args.capture, args.depth, args.masks, args.calibration, spec["tracking"], args.out)
+        cfg = stage_section(args, "tracking")
+        result = write_tracking(args.capture, args.depth, args.masks, args.calibration, cfg, args.out)
     except (ConfigError, ArtifactError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
