@@ -7,7 +7,7 @@ rule calibration:
     output:
         directory(f"{RESULTS}/{{scene}}/calibration.zarr"),
     params:
-        spec=calibration_spec,
+        spec=lambda w: stage_spec(w, "calibration"),
     log:
         f"{RESULTS}/{{scene}}/logs/calibration.log",
     benchmark:

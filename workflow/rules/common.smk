@@ -30,19 +30,8 @@ def capture_spec(wildcards):
     return _spec(wildcards.scene, ("rig", "table", "scene"))
 
 
-def calibration_spec(wildcards):
-    return _spec(wildcards.scene, ("calibration",))
-
-
-def depth_spec(wildcards):
-    return _spec(wildcards.scene, ("depth",))
-
-
-def masks_spec(wildcards):
-    return _spec(wildcards.scene, ("masks",))
-
-
 def stage_spec(wildcards, stage):
+    """The config section a stage reads, as JSON."""
     return _spec(wildcards.scene, (stage,))
 
 

@@ -7,7 +7,7 @@ rule depth:
     output:
         directory(f"{RESULTS}/{{scene}}/depth/{{episode}}.zarr"),
     params:
-        spec=depth_spec,
+        spec=lambda w: stage_spec(w, "depth"),
     log:
         f"{RESULTS}/{{scene}}/logs/depth/{{episode}}.log",
     benchmark:
@@ -23,10 +23,8 @@ rule depth:
 
 rule quality_depth:
     input:
-        depth=lambda w: expand(f"{RESULTS}/{w.scene}/depth/{{episode}}.zarr", episode=scene_episodes(w.scene)),
-        groundtruth=lambda w: expand(
-            f"{RESULTS}/{w.scene}/groundtruth/{{episode}}.zarr", episode=scene_episodes(w.scene)
-        ),
+        depth=lambda w: episode_artifacts(w.scene, "depth"),
+        groundtruth=lambda w: episode_artifacts(w.scene, "groundtruth"),
     output:
         f"{RESULTS}/{{scene}}/quality/depth.csv",
     log:

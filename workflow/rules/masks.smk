@@ -9,7 +9,7 @@ rule masks:
     output:
         directory(f"{RESULTS}/{{scene}}/masks/{{episode}}.zarr"),
     params:
-        spec=masks_spec,
+        spec=lambda w: stage_spec(w, "masks"),
     log:
         f"{RESULTS}/{{scene}}/logs/masks/{{episode}}.log",
     benchmark:
@@ -26,10 +26,8 @@ rule masks:
 
 rule quality_masks:
     input:
-        masks=lambda w: expand(f"{RESULTS}/{w.scene}/masks/{{episode}}.zarr", episode=scene_episodes(w.scene)),
-        groundtruth=lambda w: expand(
-            f"{RESULTS}/{w.scene}/groundtruth/{{episode}}.zarr", episode=scene_episodes(w.scene)
-        ),
+        masks=lambda w: episode_artifacts(w.scene, "masks"),
+        groundtruth=lambda w: episode_artifacts(w.scene, "groundtruth"),
     output:
         f"{RESULTS}/{{scene}}/quality/masks.csv",
     log:
