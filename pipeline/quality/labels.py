@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import episode_main
+from ..geometry import rotation_angle_deg
 from .ids import matched_ids
-from .tracking import true_objects, true_trajectories
+from .tracking import true_motions, true_objects, true_trajectories
 
 
 def label_figures(labels, gt) -> dict[str, tuple[float, str]]:
@@ -26,16 +27,14 @@ def label_figures(labels, gt) -> dict[str, tuple[float, str]]:
     owner, _ = true_objects(means0, gt)
     match = matched_ids(ids, owner)
     motions = labels["motions"][:]
-    poses = gt["poses"][:]
-    true_motion = poses @ np.linalg.inv(poses[0])[None]
+    true_motion = true_motions(gt)
     trans, rot = [], []
     for k, o in match.items():
         c = means0[ids == k].mean(0)
         for t in range(1, len(motions)):
             M, G = motions[t, k - 1], true_motion[t, o]
             trans.append(np.linalg.norm(M[:3, :3] @ c + M[:3, 3] - G[:3, :3] @ c - G[:3, 3]) * 1000)
-            cos = (np.trace(M[:3, :3] @ G[:3, :3].T) - 1) / 2
-            rot.append(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+            rot.append(rotation_angle_deg(G[:3, :3], M[:3, :3]))
     pos = labels["positions"][:].astype(np.float64)
     obj = owner >= 0
     err = np.linalg.norm(pos[:, obj] - true_trajectories(means0, owner, gt)[:, obj], axis=-1) * 1000

@@ -32,11 +32,15 @@ def true_objects(means0: np.ndarray, gt) -> tuple[np.ndarray, np.ndarray]:
     return np.where(dist * 1000 <= SURFACE_MM, owner[j], -1), dist
 
 
+def true_motions(gt) -> np.ndarray:
+    """(T,K,4,4) true motion of every object from frame 0 to frame t, P(t) P(0)^-1, world frame."""
+    poses = gt["poses"][:]
+    return poses @ np.linalg.inv(poses[0])[None]
+
+
 def true_trajectories(means0: np.ndarray, owner: np.ndarray, gt) -> np.ndarray:
     """(T,N,3) first-frame positions carried by their object's true motion (NaN for non-object ones)."""
-    poses = gt["poses"][:]
-    motion = poses @ np.linalg.inv(poses[0])[None]         # (T,K,4,4): frame 0 -> frame t
-    M = motion[:, np.maximum(owner, 0)]                    # (T,N,4,4)
+    M = true_motions(gt)[:, np.maximum(owner, 0)]          # (T,N,4,4)
     out = np.einsum("tnij,nj->tni", M[..., :3, :3], means0) + M[..., :3, 3]
     out[:, owner < 0] = np.nan
     return out
