@@ -271,7 +271,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def render(means, quats, scales, opacities, features, K, T_cw, width: int, height: int,
            backend: str = "auto") -> Rendered:
     """Render N Gaussians into C cameras (shapes in the module docstring)."""
-    if backend == "torch" or resolve_backend(backend, means.device) == "torch":
+    if resolve_backend(backend, means.device) == "torch":
         return _render_torch(means, quats, scales, opacities, features, K, T_cw, width, height)
     return _render_gsplat(means, quats, scales, opacities, features, K, T_cw, width, height)
 

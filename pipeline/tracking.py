@@ -40,7 +40,7 @@ from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
 from .config import ConfigError, add_spec_arguments, stage_section
 from .geometry import make_T
 from .masks import kabsch, world_points
-from .splat import quat_to_rotmat, render
+from .splat import quat_to_rotmat, render, resolve_backend
 
 
 class TrackingError(RuntimeError):
@@ -121,7 +121,7 @@ class Views:
         self.T_cw = torch.as_tensor(T_cw, dtype=torch.float32)
         self.background = torch.from_numpy(background).float() / 255.0      # (C,H,W,3)
         self.height, self.width = background.shape[1:3]
-        self.backend = backend
+        self.backend = resolve_backend(backend, self.K.device)
 
     def render(self, g: Gaussians, means, quats, n_ids: int):
         features = torch.cat([g.colours.clamp(0, 1), F.one_hot(g.labels, n_ids + 1)[:, 1:].float()], 1)
@@ -152,16 +152,24 @@ def background_images(colour, ids) -> np.ndarray:
     return out
 
 
+def masked_view_points(depth, ids, K, T_cw, stride: int = 1):
+    """Per view, the (P,3) world points of the masked pixels with depth (every ``stride``-th pixel in x
+    and y), their (P,) flat pixel indices and (P,) mask ids."""
+    for c in range(len(K)):
+        d = np.zeros_like(depth[c])
+        d[::stride, ::stride] = depth[c][::stride, ::stride]
+        p, flat = world_points(np.where(ids[c] > 0, d, 0), K[c], T_cw[c])
+        yield p, flat, ids[c].ravel()[flat].astype(np.int64)
+
+
 def initial_points(depth, ids, colour, K, T_cw, voxel: float):
     """Masked depth of all views at one frame -> voxel-averaged (P,3) world points, (P,3) colours in [0, 1]
     and (P,) mask ids (the most common id of each voxel)."""
     pts, cols, labs = [], [], []
-    for c in range(len(K)):
-        d = np.where(ids[c] > 0, depth[c], 0)
-        p, flat = world_points(d, K[c], T_cw[c])
+    for c, (p, flat, lab) in enumerate(masked_view_points(depth, ids, K, T_cw)):
         pts.append(p)
         cols.append(colour[c].reshape(-1, 3)[flat] / 255.0)
-        labs.append(ids[c].ravel()[flat].astype(np.int64))
+        labs.append(lab)
     if not sum(len(p) for p in pts):
         return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int64)
     p, col, lab = np.concatenate(pts), np.concatenate(cols), np.concatenate(labs)
@@ -366,11 +374,7 @@ def frame_start(means: np.ndarray, quats: np.ndarray, labels: torch.Tensor, moti
 def masked_points(depth, ids, K, T_cw, stride: int) -> dict[int, np.ndarray]:
     """{mask id: (P,3) world points of its pixels in all views}, every ``stride``-th pixel."""
     out: dict[int, list] = {}
-    for c in range(len(K)):
-        d = np.zeros_like(depth[c])
-        d[::stride, ::stride] = depth[c][::stride, ::stride]
-        p, flat = world_points(np.where(ids[c] > 0, d, 0), K[c], T_cw[c])
-        lab = ids[c].ravel()[flat]
+    for p, _, lab in masked_view_points(depth, ids, K, T_cw, stride):
         for k in np.unique(lab):
             out.setdefault(int(k), []).append(p[lab == k])
     return {k: np.concatenate(v) for k, v in out.items()}
