@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.external import gs_dynamics_demo, register_to_masks  # noqa: E402
+from pipeline.external import gs_dynamics_demo, move_gaussians, register_to_masks  # noqa: E402
 from pipeline.geometry import project  # noqa: E402
 from pipeline.ids import vote  # noqa: E402
 from pipeline.splat import contributions, render  # noqa: E402
@@ -92,15 +92,6 @@ def demo_figures(d: dict, g: dict) -> dict:
             "voted_object": int(voted.sum()), "voted_inside_masks_share": float(inside[voted].mean())}
 
 
-def moved(g: dict, T: np.ndarray) -> dict:
-    from scipy.spatial.transform import Rotation
-
-    out = dict(g)
-    out["means"] = (g["means"].astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-    out["quats"] = (Rotation.from_matrix(T[:3, :3]) * Rotation.from_quat(g["quats"])).as_quat().astype(np.float32)
-    return out
-
-
 def tracking_per_frame(results: Path) -> dict:
     rows = []
     for path in sorted((results / "bowling" / "benchmarks" / "tracking").glob("*.tsv")):
@@ -128,7 +119,7 @@ def main() -> int:
     d = gs_dynamics_demo(EXTERNAL / "gs-dynamics-demo")
     report["gs_dynamics_demo"] = {"icp_pose": demo_figures(d, d["gaussians"])}
     T = register_to_masks(d["gaussians"], d["K"], d["T_cw"], d["masks"], scale=0.25, steps=150)
-    report["gs_dynamics_demo"]["silhouette_registered"] = {**demo_figures(d, moved(d["gaussians"], T)),
+    report["gs_dynamics_demo"]["silhouette_registered"] = {**demo_figures(d, move_gaussians(d["gaussians"], T)),
                                                            "correction_mm": (T[:3, 3] * 1000).tolist()}
     print(json.dumps(report["gs_dynamics_demo"], indent=1), file=sys.stderr)
     report["tracking"] = tracking_per_frame(Path(args.results))

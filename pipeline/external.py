@@ -23,6 +23,14 @@ def read_ply_points(path) -> np.ndarray:
     return np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
 
 
+def move_gaussians(g: dict, T: np.ndarray) -> dict:
+    """A copy of Gaussians ``g`` (as from ``read_splat_file``) with means and rotations moved by rigid (4,4) ``T``."""
+    out = dict(g)
+    out["means"] = (np.asarray(g["means"], np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+    out["quats"] = (Rotation.from_matrix(T[:3, :3]) * Rotation.from_quat(g["quats"])).as_quat().astype(np.float32)
+    return out
+
+
 def gs_dynamics_demo(path) -> dict:
     """The gs-dynamics demo capture: four views (K (4,3,3), T_cw (4,4,4), images (4,480,640,3) RGB uint8,
     masks (4,480,640) bool) and its trained Gaussians posed in the cameras' world frame.
@@ -49,8 +57,7 @@ def gs_dynamics_demo(path) -> dict:
         near = np.isfinite(dist)
         R, t = kabsch(moved[near], cloud[j[near]])
         T = make_T(R, t) @ T
-    g["means"] = (means @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-    g["quats"] = (Rotation.from_matrix(T[:3, :3]) * undo * Rotation.from_quat(g["quats"])).as_quat().astype(np.float32)
+    g = move_gaussians({**g, "means": means, "quats": (undo * Rotation.from_quat(g["quats"])).as_quat()}, T)
     return {"K": K, "T_cw": np.linalg.inv(T_wc), "images": images, "masks": masks, "gaussians": g,
             "cloud": cloud, "offset_m": float(np.median(tree.query(g["means"])[0]))}
 
@@ -63,6 +70,7 @@ def register_to_masks(g: dict, K: np.ndarray, T_cw: np.ndarray, masks: np.ndarra
     import torch
 
     from .splat import quat_to_rotmat, render
+    from .tracking import quat_mul
 
     C, H, W = masks.shape
     h, w = int(H * scale), int(W * scale)
@@ -87,8 +95,6 @@ def register_to_masks(g: dict, K: np.ndarray, T_cw: np.ndarray, masks: np.ndarra
     for _ in range(steps):
         q, R = rotation()
         moved = (means - centre) @ R.T + centre + shift
-        from .tracking import quat_mul
-
         quats = quat_mul(q.expand_as(tensors["quats"]), tensors["quats"])
         out = render(moved, quats, tensors["scales"], tensors["opacities"], torch.ones(len(means), 1), Ks, T_cw_t,
                      w, h, backend="torch")

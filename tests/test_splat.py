@@ -138,13 +138,13 @@ def test_gs_dynamics_demo_renders_onto_its_masks():
     """The real demo's trained Gaussians, posed as its README says (rotation back, then a rigid fit onto
     its fused cloud) and refined by silhouette registration, cover the real masks: alpha IoU >= 0.7 in
     the mean over the four views; id voting puts nearly all object Gaussians inside the masks."""
-    from pipeline.external import gs_dynamics_demo, register_to_masks
+    from pipeline.external import gs_dynamics_demo, move_gaussians, register_to_masks
 
-    from bench.renderer import demo_figures, moved
+    from bench.renderer import demo_figures
 
     d = gs_dynamics_demo(external("gs-dynamics-demo"))
     assert d["offset_m"] < 0.005
     T = register_to_masks(d["gaussians"], d["K"], d["T_cw"], d["masks"], scale=0.25, steps=150)
-    figures = demo_figures(d, moved(d["gaussians"], T))
+    figures = demo_figures(d, move_gaussians(d["gaussians"], T))
     assert figures["alpha_iou_mean"] >= 0.7, figures
     assert figures["voted_inside_masks_share"] > 0.6, figures  # 0.71: a thin rope, centres at its edges
