@@ -8,7 +8,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from .geometry import make_T
+from .geometry import make_T, transform_gaussians
 from .masks import kabsch
 from .splat import read_splat_file
 
@@ -25,10 +25,8 @@ def read_ply_points(path) -> np.ndarray:
 
 def move_gaussians(g: dict, T: np.ndarray) -> dict:
     """A copy of Gaussians ``g`` (as from ``read_splat_file``) with means and rotations moved by rigid (4,4) ``T``."""
-    out = dict(g)
-    out["means"] = (np.asarray(g["means"], np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-    out["quats"] = (Rotation.from_matrix(T[:3, :3]) * Rotation.from_quat(g["quats"])).as_quat().astype(np.float32)
-    return out
+    means, quats = transform_gaussians(g["means"], g["quats"], T)
+    return {**g, "means": means.astype(np.float32), "quats": quats.astype(np.float32)}
 
 
 def gs_dynamics_demo(path) -> dict:

@@ -36,6 +36,12 @@ def transform_points(T: np.ndarray, p: np.ndarray) -> np.ndarray:
     return p @ T[:3, :3].T + T[:3, 3]
 
 
+def transform_gaussians(means: np.ndarray, quats: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,3) Gaussian centres and (N,4) rotations (x, y, z, w) moved by a rigid (4,4) transform (float64)."""
+    moved = transform_points(T, np.asarray(means, np.float64))
+    return moved, (Rotation.from_matrix(T[:3, :3]) * Rotation.from_quat(quats)).as_quat()
+
+
 def quat_to_matrix(q_xyzw) -> np.ndarray:
     return Rotation.from_quat(np.asarray(q_xyzw, dtype=float)).as_matrix()
 

@@ -22,11 +22,10 @@ import argparse
 import sys
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
 from .config import ConfigError, add_spec_arguments, stage_section
-from .geometry import make_T
+from .geometry import make_T, transform_gaussians
 from .masks import kabsch
 
 
@@ -72,10 +71,8 @@ def pseudo_labels(means0, quats0, ids, motions):
         sel = ids == k
         if not sel.any():
             continue
-        M = motions[:, k - 1]
-        pos[:, sel] = np.einsum("tij,nj->tni", M[:, :3, :3], means0[sel]) + M[:, None, :3, 3]
         for t in range(T):
-            rot[t, sel] = (Rotation.from_matrix(M[t, :3, :3]) * Rotation.from_quat(quats0[sel])).as_quat()
+            pos[t, sel], rot[t, sel] = transform_gaussians(means0[sel], quats0[sel], motions[t, k - 1])
     return pos.astype(np.float32), rot.astype(np.float32)
 
 
