@@ -6,7 +6,7 @@ channels), expected depth and alpha, differentiable with respect to every Gaussi
 weight γ = α_i(u) Π_{j in front of i} (1 − α_j(u)) it has at a pixel u of that label (object-id voting).
 
 Backends:
-- ``torch``: a reference in PyTorch, tile-culled (16×16 tiles; a Gaussian is evaluated only in the tiles
+- ``torch``: a reference in PyTorch, tile-culled (8×8 tiles; a Gaussian is evaluated only in the tiles
   its α ≥ 1/255 ellipse touches) and composited front to back in depth-sorted chunks, so tiles whose
   pixels are all opaque stop early. It runs on CPU (and on CUDA tensors).
 - ``gsplat``: gsplat's CUDA ``rasterization``, same conventions, chosen by ``backend="auto"`` on CUDA.
@@ -105,7 +105,7 @@ class TileLists(NamedTuple):
 
 
 def tile_lists(proj: Projected, width: int, height: int) -> TileLists:
-    """Which Gaussians touch which 16×16 tile, sorted front to back, as padded per-tile lists."""
+    """Which Gaussians touch which TILE×TILE tile, sorted front to back, as padded per-tile lists."""
     C, N = proj.depth.shape
     tx, ty = -(-width // TILE), -(-height // TILE)
     with torch.no_grad():
@@ -142,15 +142,15 @@ def tile_lists(proj: Projected, width: int, height: int) -> TileLists:
 
 
 def _tile_pixels(origin: torch.Tensor, dtype) -> torch.Tensor:
-    """(A,256,2) pixel coordinates (x, y) of each tile's pixels, row-major."""
+    """(A,P,2) pixel coordinates (x, y) of each tile's pixels, row-major."""
     r = torch.arange(TILE, device=origin.device, dtype=dtype)
     grid = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2)
     return origin[:, None, :].to(dtype) + grid
 
 
 def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None, n_labels: int = 0):
-    """Front-to-back compositing per tile. values (C,N,V): features and depth per camera and Gaussian.
-    Returns (A,256,V) accumulated values and (A,256) alpha; with ``labels`` ((A,256) label per pixel),
+    """Front-to-back compositing per tile (P = TILE² pixels). values (C,N,V): features and depth per camera
+    and Gaussian. Returns (A,P,V) accumulated values and (A,P) alpha; with ``labels`` ((A,P) label per pixel),
     instead the (C,N,n_labels) largest weight of each Gaussian per label."""
     A, kmax = tiles.gaussian.shape
     C, N = proj.depth.shape
@@ -158,12 +158,13 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
     py, px = torch.meshgrid(r, r, indexing="ij")
     px, py = px.reshape(-1), py.reshape(-1)
     # The exponent is a quadratic in tile-local pixel coordinates: one matmul per chunk.
-    basis = torch.stack([px * px, py * py, px * py, px, py, torch.ones_like(px)], -1)        # (256,6)
+    basis = torch.stack([px * px, py * py, px * py, px, py, torch.ones_like(px)], -1)        # (P,6)
     pad = lambda x: torch.cat([x, x.new_zeros((C, 1, *x.shape[2:]))], 1)  # noqa: E731
-    mean2d, conic, vals = pad(proj.mean2d), pad(proj.conic), pad(values)
+    mean2d, conic = pad(proj.mean2d), pad(proj.conic)
+    vals = pad(values) if labels is None else None
     log_opac = torch.cat([torch.log(opacities.clamp(min=1e-12)), opacities.new_full((1,), -1e4)])
     trans = opacities.new_ones(A, TILE * TILE)
-    acc = opacities.new_zeros(A, TILE * TILE, values.shape[-1])
+    acc = opacities.new_zeros(A, TILE * TILE, values.shape[-1]) if labels is None else None
     done = torch.zeros(A, TILE * TILE, dtype=torch.bool, device=opacities.device)
     best = opacities.new_zeros(C * (N + 1) * max(n_labels, 1)) if labels is not None else None
     live = torch.arange(A, device=opacities.device)  # tiles still compositing
@@ -180,7 +181,7 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
         mx, my = m.unbind(-1)
         coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx,
                             log_opac[g] - 0.5 * (a * mx * mx + c * my * my) - b * mx * my], 1)   # (L,6,k)
-        alpha = torch.exp(torch.matmul(basis, coef)).clamp(max=ALPHA_MAX)        # (L,256,k)
+        alpha = torch.exp(torch.matmul(basis, coef)).clamp(max=ALPHA_MAX)        # (L,P,k)
         keep = alpha >= ALPHA_MIN
         t_live, d_live = trans[live], done[live]
         if d_live.any():
@@ -194,7 +195,7 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
             alpha = alpha * ~stop
             inclusive = torch.cumprod(1 - alpha, -1)
             done = done.index_copy(0, live, d_live | stop[..., -1])
-        weight = alpha * (t_live[:, :, None] * inclusive / (1 - alpha))      # (L,256,k)
+        weight = alpha * (t_live[:, :, None] * inclusive / (1 - alpha))      # (L,P,k)
         if labels is None:
             acc = acc.index_add(0, live, torch.matmul(weight, vals[cam, g]))
         else:
@@ -207,7 +208,7 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
 
 
 def _to_images(per_tile: torch.Tensor, tiles: TileLists, C: int, width: int, height: int) -> torch.Tensor:
-    """(A,256,...) per-tile values -> (C,H,W,...) images, zero in tiles no Gaussian touches."""
+    """(A,P,...) per-tile values -> (C,H,W,...) images, zero in tiles no Gaussian touches."""
     tx, ty = -(-width // TILE), -(-height // TILE)
     rest = per_tile.shape[2:]
     full = per_tile.new_zeros(C * ty * tx, TILE * TILE, *rest)
@@ -218,7 +219,7 @@ def _to_images(per_tile: torch.Tensor, tiles: TileLists, C: int, width: int, hei
 
 
 def _labels_per_tile(labels: torch.Tensor, tiles: TileLists) -> torch.Tensor:
-    """(C,H,W) label images -> (A,256) labels of each active tile's pixels (0 outside the image)."""
+    """(C,H,W) label images -> (A,P) labels of each active tile's pixels (0 outside the image)."""
     C, H, W = labels.shape
     padded = labels.new_zeros(C, -(-H // TILE) * TILE, -(-W // TILE) * TILE)
     padded[:, :H, :W] = labels
@@ -283,8 +284,7 @@ def contributions(means, quats, scales, opacities, K, T_cw, labels: torch.Tensor
     C, H, W = labels.shape
     proj = project(means, quats, scales, opacities, K, T_cw, W, H)
     tiles = tile_lists(proj, W, H)
-    values = means.new_zeros(K.shape[0], means.shape[0], 1)
-    return _composite(proj, opacities, values, tiles, _labels_per_tile(labels.long(), tiles), n_labels)
+    return _composite(proj, opacities, None, tiles, _labels_per_tile(labels.long(), tiles), n_labels)
 
 
 def brute_force(means, quats, scales, opacities, features, K, T_cw, width: int, height: int) -> Rendered:
