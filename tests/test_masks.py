@@ -118,12 +118,12 @@ def _calibration_from(gt_path, out, names):
 
 
 @pytest.mark.slow
-def test_masks_stage_on_a_small_episode(bowling_episode, default_config, tmp_path):
+def test_masks_stage_on_a_small_episode(bowling_episode, default_config, small_config, tmp_path):
     cap = open_artifact(bowling_episode[0], "capture")
     names = list(cap.attrs["camera_names"])
     depth, cal, masks = tmp_path / "depth.zarr", tmp_path / "cal.zarr", tmp_path / "masks.zarr"
     spec = json.dumps({"name": "bowling", "depth": {**default_config["depth"], "method": "sensor"},
-                       "masks": default_config["masks"]})
+                       "masks": small_config["masks"]})
     assert run_module("pipeline.depth", "--capture", str(bowling_episode[0]), "--spec", spec,
                       "--out", str(depth)).returncode == 0
     _calibration_from(bowling_episode[1], cal, names)

@@ -63,17 +63,17 @@ def episode_inputs(bowling_episode, default_config, tmp_path_factory):
     return bowling_episode[0], tmp / "depth.zarr", tmp / "cal.zarr"
 
 
-def _masks_spec(default_config, sam2: dict) -> dict:
-    masks = copy.deepcopy(default_config["masks"])
+def _masks_spec(config, sam2: dict) -> dict:
+    masks = copy.deepcopy(config["masks"])
     masks["backend"] = "sam2"
     masks["sam2"].update(sam2)
-    return validate_config({**copy.deepcopy(default_config), "masks": masks})["masks"]
+    return validate_config({**copy.deepcopy(config), "masks": masks})["masks"]
 
 
 @pytest.mark.slow
-def test_sam2_backend_masks_an_episode_with_automatic_prompts(episode_inputs, default_config, tiny_sam2, tmp_path):
+def test_sam2_backend_masks_an_episode_with_automatic_prompts(episode_inputs, small_config, tiny_sam2, tmp_path):
     capture, depth, cal = episode_inputs
-    masks = _masks_spec(default_config, tiny_sam2)
+    masks = _masks_spec(small_config, tiny_sam2)
     out = tmp_path / "masks.zarr"
     result = run_module("pipeline.masks", "--capture", str(capture), "--depth", str(depth), "--calibration",
                         str(cal), "--spec", json.dumps({"name": "bowling", "masks": masks}), "--out", str(out))

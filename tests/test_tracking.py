@@ -64,13 +64,13 @@ def test_object_poses_follow_a_fast_rigid_motion():
 
 
 @pytest.fixture(scope="module")
-def episode_inputs(bowling_episode, default_config, tmp_path_factory):
+def episode_inputs(bowling_episode, default_config, small_config, tmp_path_factory):
     """depth (sensor), calibration (true poses) and fused masks of the small bowling episode."""
     out = tmp_path_factory.mktemp("tracking")
     cap = open_artifact(bowling_episode[0], "capture")
     depth, cal, masks = out / "depth.zarr", out / "cal.zarr", out / "masks.zarr"
     spec = json.dumps({"name": "bowling", "depth": {**default_config["depth"], "method": "sensor"},
-                       "masks": default_config["masks"]})
+                       "masks": small_config["masks"]})
     assert run_module("pipeline.depth", "--capture", str(bowling_episode[0]), "--spec", spec,
                       "--out", str(depth)).returncode == 0
     _calibration_from(bowling_episode[1], cal, list(cap.attrs["camera_names"]))
