@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
 from .config import ConfigError, add_spec_arguments, stage_section
-from .geometry import backproject
-from .stereo import MatcherParams, disparity_to_points, match, rectify, register
+from .stereo import MatcherParams, disparity_to_depth, match, rectify, register
 
 MEASURED, FILLED = 255, 64
 
@@ -30,22 +29,15 @@ class DepthError(RuntimeError):
     """A capture depth cannot be computed from; the message names the camera or frame."""
 
 
-def stereo_points(params: MatcherParams, rect, left: np.ndarray, right: np.ndarray):
-    """(N,3) left-camera points and their confidences from one infrared pair."""
+def stereo_depth(params: MatcherParams, rect, left: np.ndarray, right: np.ndarray):
+    """Depth (H,W) on the rectified left grid, its confidence (H,W), the rectified intrinsics (3,3) and the
+    rectified camera's pose in the infrared-left frame (4,4) from one infrared pair."""
     left_r = cv2.remap(left, *rect.maps_left, cv2.INTER_LINEAR)
     right_r = cv2.remap(right, *rect.maps_right, cv2.INTER_LINEAR)
     disparity, matched = match(left_r, right_r, params)
-    points, flat = disparity_to_points(disparity, rect)
-    confidence = np.where(matched.ravel()[flat], MEASURED, FILLED).astype(np.uint8)
-    return points, confidence
-
-
-def sensor_points(depth_units: np.ndarray, scale: float, K: np.ndarray):
-    """(N,3) depth-camera points of the unit's own depth image, with full confidence."""
-    z = depth_units.astype(np.float32) * scale
-    pts = backproject(K, z).reshape(-1, 3)
-    keep = z.ravel() > 0
-    return pts[keep], np.full(int(keep.sum()), MEASURED, dtype=np.uint8)
+    depth, K_rect, T_left_rect = disparity_to_depth(disparity, rect)
+    confidence = np.where(matched, MEASURED, FILLED).astype(np.uint8)
+    return depth, confidence, K_rect, T_left_rect
 
 
 def write_depth(capture_path: str, method: str, params: MatcherParams, out: str) -> dict:
@@ -86,10 +78,13 @@ def write_depth(capture_path: str, method: str, params: MatcherParams, out: str)
         for t in tqdm(range(T), desc=f"depth ({method})", unit="frame", file=sys.stderr):
             for c in range(C):
                 if method == "stereo":
-                    pts, conf = stereo_points(params, rects[c], cap["ir_left"][c, t], cap["ir_right"][c, t])
+                    src, conf, K_src, T_depth_src = stereo_depth(params, rects[c], cap["ir_left"][c, t],
+                                                                 cap["ir_right"][c, t])
                 else:
-                    pts, conf = sensor_points(cap["depth"][c, t], float(depth_scale[c]), K_depth[c])
-                depth, confidence = register(pts, conf, T_color_depth[c], K_color[c], (W, H))
+                    src = cap["depth"][c, t].astype(np.float32) * float(depth_scale[c])
+                    conf = np.full(src.shape, MEASURED, np.uint8)
+                    K_src, T_depth_src = K_depth[c], np.eye(4)
+                depth, confidence = register(src, conf, K_src, T_color_depth[c] @ T_depth_src, K_color[c], (W, H))
                 depth_arr[c, t] = depth
                 conf_arr[c, t] = confidence
                 valid_share[c, t] = (depth > 0).mean()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .geometry import transform_points
+from .geometry import backproject, transform_points
 
 
 @dataclass
@@ -108,41 +108,107 @@ def rectify(K_l, dist_l, K_r, dist_r, T_right_left: np.ndarray, size: tuple[int,
     return Rectification(maps_l, maps_r, R1, float(P1[0, 0]), baseline, float(P1[0, 2]), float(P1[1, 2]))
 
 
-def disparity_to_points(disparity: np.ndarray, rect: Rectification) -> tuple[np.ndarray, np.ndarray]:
-    """(N,3) points in the (unrectified) left camera frame, and the (N,) flat pixel indices they came from."""
-    v, u = np.nonzero(disparity > 0)
-    z = rect.focal_px * rect.baseline_m / disparity[v, u]
-    p = np.stack([(u - rect.cx) * z / rect.focal_px, (v - rect.cy) * z / rect.focal_px, z], axis=1)
-    return p @ rect.R_left, v * disparity.shape[1] + u  # R_left^T maps rectified -> left
+def disparity_to_depth(disparity: np.ndarray, rect: Rectification) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth z = f b / d (H,W) float32 metres on the rectified left grid (0 where there is no disparity), the
+    rectified camera's intrinsics (3,3) and its pose in the unrectified left frame (4,4: rectified -> left)."""
+    depth = np.where(disparity > 0, rect.focal_px * rect.baseline_m / np.maximum(disparity, 1e-6), 0.0)
+    K = np.array([[rect.focal_px, 0, rect.cx], [0, rect.focal_px, rect.cy], [0, 0, 1]])
+    T_left_rect = np.eye(4)
+    T_left_rect[:3, :3] = rect.R_left.T
+    return depth.astype(np.float32), K, T_left_rect
 
 
-def register(points: np.ndarray, values: np.ndarray, T_dst_src: np.ndarray, K: np.ndarray,
-             size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Splat (N,3) points of a source camera into a destination camera (K, size = (W, H)) with a z-buffer.
+# Neighbouring pixels of one surface differ in depth by less than this share (a 1 px disparity step at
+# 33 px is 3 %): larger steps are occlusion edges, which the mesh must not bridge.
+MAX_SURFACE_STEP = 0.03
 
-    Each point covers the four destination pixel centres around its projection, the nearest surface
-    winning, so that resolutions close to each other leave no holes. Returns depth (H,W) float32 (0 where
-    nothing lands) and the (H,W) ``values`` of the winning points (0 where nothing lands).
+
+def register(depth_src: np.ndarray, values_src: np.ndarray, K_src: np.ndarray, T_dst_src: np.ndarray,
+             K: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Depth image (h,w) metres of a source camera (K_src) seen from a destination camera (K, size = (W, H)).
+
+    The source grid is a triangle mesh (two triangles per 2x2 block of pixels with depth, none across an
+    occlusion edge) rasterised with perspective-correct depth and a z-buffer, so that slanted surfaces land
+    exactly. A pixel splat covers what the mesh cannot: pixels no triangle reaches, and the half-pixel
+    strips at foreground edges where the splat is markedly nearer than the mesh behind. Returns depth (H,W)
+    float32 (0 where nothing lands) and the (H,W) ``values_src`` carried with it (a triangle carries the
+    smallest of its corners' values; 0 where nothing lands).
     """
+    h, w = depth_src.shape
     W, H = size
+    points = backproject(K_src, depth_src.astype(np.float64)).reshape(-1, 3)
+    has_depth = depth_src.ravel() > 0
     p = transform_points(T_dst_src, points)
-    front = p[:, 2] > 1e-6
-    p, values = p[front], values[front]
+    has_depth &= p[:, 2] > 1e-6
+    z = np.where(has_depth, p[:, 2], 1.0)
+    u = K[0, 0] * p[:, 0] / z + K[0, 2]
+    v = K[1, 1] * p[:, 1] / z + K[1, 2]
+    values = values_src.ravel()
+
+    corner = np.arange(h * w).reshape(h, w)
+    a, b, c, d = (corner[:-1, :-1].ravel(), corner[:-1, 1:].ravel(), corner[1:, :-1].ravel(),
+                  corner[1:, 1:].ravel())
+    tris = np.concatenate([np.stack([a, b, c], 1), np.stack([d, c, b], 1)])  # (M,3) pixel indices
+    tz = z[tris]
+    tris = tris[has_depth[tris].all(1) & (tz.max(1) < tz.min(1) * (1 + MAX_SURFACE_STEP))]
+    tu, tv, inv_z = u[tris], v[tris], 1.0 / z[tris]
+    e1u, e1v, e2u, e2v = tu[:, 1] - tu[:, 0], tv[:, 1] - tv[:, 0], tu[:, 2] - tu[:, 0], tv[:, 2] - tv[:, 0]
+    det = e1u * e2v - e2u * e1v
+    u_lo, v_lo = np.ceil(tu.min(1)).astype(int), np.ceil(tv.min(1)).astype(int)
+    u_hi, v_hi = np.floor(tu.max(1)).astype(int), np.floor(tv.max(1)).astype(int)
+    # A triangle of one surface covers a pixel or two; longer ones (surfaces seen edge-on) and degenerate
+    # ones are left to the splat.
+    keep = (np.abs(det) > 1e-12) & (u_hi - u_lo < 4) & (v_hi - v_lo < 4)
+    tris, tu, tv, inv_z, e1u, e1v, e2u, e2v, det, u_lo, v_lo, u_hi, v_hi = (
+        x[keep] for x in (tris, tu, tv, inv_z, e1u, e1v, e2u, e2v, det, u_lo, v_lo, u_hi, v_hi))
+    tri_values = values[tris].min(1)
+    cells, zs, cell_values = [], [], []
+    for dv in range(4):
+        for du in range(4):
+            pu, pv = u_lo + du, v_lo + dv
+            m = (pu <= u_hi) & (pv <= v_hi) & (pu >= 0) & (pu < W) & (pv >= 0) & (pv < H)
+            qu, qv = pu[m] - tu[m, 0], pv[m] - tv[m, 0]
+            l1 = (qu * e2v[m] - e2u[m] * qv) / det[m]
+            l2 = (e1u[m] * qv - qu * e1v[m]) / det[m]
+            l0 = 1 - l1 - l2
+            inside = (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
+            iz = inv_z[m]
+            cells.append((pv[m] * W + pu[m])[inside])
+            zs.append((1.0 / (l0 * iz[:, 0] + l1 * iz[:, 1] + l2 * iz[:, 2]))[inside])
+            cell_values.append(tri_values[m][inside])
+    depth, out_values = _zbuffer(np.concatenate(cells), np.concatenate(zs), np.concatenate(cell_values), H * W)
+
+    splat_depth, splat_values = _splat(p[has_depth], values[has_depth], K, size)
+    use_splat = (splat_depth > 0) & ((depth == 0) | (splat_depth < depth * (1 - MAX_SURFACE_STEP)))
+    depth = np.where(use_splat, splat_depth, depth)
+    out_values = np.where(use_splat, splat_values, out_values)
+    return depth.reshape(H, W).astype(np.float32), out_values.reshape(H, W)
+
+
+def _zbuffer(cells: np.ndarray, zs: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest of the candidate depths ``zs`` landing on each of ``n`` flat cells, and its value
+    (0 and 0 where none lands)."""
+    depth = np.full(n, np.inf)
+    np.minimum.at(depth, cells, zs)
+    winner = zs <= depth[cells]
+    out_values = np.zeros(n, dtype=values.dtype)
+    out_values[cells[winner]] = values[winner]
+    depth[~np.isfinite(depth)] = 0
+    return depth, out_values
+
+
+def _splat(p: np.ndarray, values: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(N,3) destination-camera points splatted onto the four pixel centres around each projection, the
+    nearest winning: flat (H*W,) depth (0 where nothing lands) and values."""
+    W, H = size
     u = K[0, 0] * p[:, 0] / p[:, 2] + K[0, 2]
     v = K[1, 1] * p[:, 1] / p[:, 2] + K[1, 2]
-    depth = np.full(H * W, np.inf, dtype=np.float64)
-    cells, zs, order_vals = [], [], []
+    cells, zs, cell_values = [], [], []
     for du in (0, 1):
         for dv in (0, 1):
             uu, vv = np.floor(u).astype(int) + du, np.floor(v).astype(int) + dv
             ok = (uu >= 0) & (uu < W) & (vv >= 0) & (vv < H)
             cells.append(vv[ok] * W + uu[ok])
             zs.append(p[ok, 2])
-            order_vals.append(values[ok])
-    cells, zs, order_vals = np.concatenate(cells), np.concatenate(zs), np.concatenate(order_vals)
-    np.minimum.at(depth, cells, zs)
-    winner = zs <= depth[cells]
-    out_vals = np.zeros(H * W, dtype=values.dtype)
-    out_vals[cells[winner]] = order_vals[winner]
-    depth[~np.isfinite(depth)] = 0
-    return depth.reshape(H, W).astype(np.float32), out_vals.reshape(H, W)
+            cell_values.append(values[ok])
+    return _zbuffer(np.concatenate(cells), np.concatenate(zs), np.concatenate(cell_values), H * W)
