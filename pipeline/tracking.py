@@ -314,7 +314,8 @@ class ObjectPoses:
     Each object's model is its masked depth points at the first frame (mask id = object). A frame's pose is
     found by ICP of the model onto the frame's points of the same mask id, from a constant-velocity
     prediction and from that prediction shifted to the points' centroid (a fast start outruns the first);
-    the start with the smaller residual wins. Registering depth to depth, both seen by the same cameras,
+    the start with the smaller residual wins. An object with too few points this frame (a fragment at the
+    workspace's edge or behind another) keeps its constant-velocity prediction. Registering depth to depth, both seen by the same cameras,
     keeps the biases of depth and masks out of the relative motion."""
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
@@ -329,8 +330,8 @@ class ObjectPoses:
         for k, model in self.models.items():
             predicted = self.velocity[k] @ self.poses[k]
             target = targets.get(k)
-            if target is None or len(target) < 20:
-                pose = predicted
+            if target is None or len(target) < max(20, self.cfg["prealign_min_share"] * len(model)):
+                pose = predicted  # unseen, or a fragment whose fit would jump
             else:
                 shift = np.eye(4)
                 shift[:3, 3] = target.mean(0) - (model @ predicted[:3, :3].T + predicted[:3, 3]).mean(0)
