@@ -326,6 +326,28 @@ class Shape:
         """Principal moments (kg m^2) about the object axes; shapes are built axis-aligned."""
         return mass * np.diag(self.unit_inertia)
 
+    def rotational_symmetry(self) -> tuple[str, np.ndarray | None]:
+        """The shape's continuous rotational symmetry: ("spherical", None) for concentric spheres, ("axial",
+        unit (3,) object-frame axis) for a solid of revolution (spheres and frusta on one line), ("none",
+        None) otherwise (a box's discrete symmetries are not counted; nor is texture)."""
+        centres, axes = [], []
+        for part in self.parts:
+            if isinstance(part.primitive, Box):
+                return "none", None
+            centres.append(part.T[:3, 3])
+            if isinstance(part.primitive, Frustum):
+                axes.append(part.T[:3, 2])
+        offsets = np.array(centres) - centres[0]
+        tol = 1e-6
+        if not axes:
+            if np.abs(offsets).max() < tol:
+                return "spherical", None
+            axes = [offsets[np.argmax(np.linalg.norm(offsets, axis=1))]]
+        axis = axes[0] / np.linalg.norm(axes[0])
+        parallel = all(np.linalg.norm(np.cross(a, axis)) < tol for a in axes)
+        on_axis = np.linalg.norm(np.cross(offsets, axis), axis=1).max() < tol
+        return ("axial", axis) if parallel and on_axis else ("none", None)
+
     # -- geometry --------------------------------------------------------------------------------
     def sdf(self, p: np.ndarray) -> np.ndarray:
         """Signed distance (m) of (N,3) object-frame points to the union (exact outside)."""

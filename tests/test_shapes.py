@@ -81,3 +81,16 @@ def test_frustum_and_sphere_primitives():
     f = Frustum(0.02, 0.01, 0.05)
     assert f.sdf(np.array([[0.0, 0.0, 0.0]]))[0] == pytest.approx(-0.015 * 0.05 / np.hypot(0.05, 0.01), rel=0.05)
     assert Sphere(0.03).sdf(np.array([[0.05, 0.0, 0.0]]))[0] == pytest.approx(0.02)
+
+
+def test_rotational_symmetry():
+    assert Shape.from_spec(SHAPES["sphere"]).rotational_symmetry() == ("spherical", None)
+    assert Shape.from_spec(SHAPES["box"]).rotational_symmetry() == ("none", None)
+    kind, axis = Shape.from_spec(PIN).rotational_symmetry()
+    assert kind == "axial" and np.allclose(np.abs(axis), [0, 0, 1])
+    tilted = {"type": "compound", "parts": [{**PIN["parts"][0], "rotation": [0.3, 0, 0]}, PIN["parts"][1]]}
+    assert Shape.from_spec(tilted).rotational_symmetry() == ("none", None)  # the frustum's axis misses the sphere
+    dumbbell = {"type": "compound", "parts": [{"type": "sphere", "radius": 0.01, "position": [0, 0, 0]},
+                                              {"type": "sphere", "radius": 0.01, "position": [0.03, 0.04, 0]}]}
+    kind, axis = Shape.from_spec(dumbbell).rotational_symmetry()
+    assert kind == "axial" and np.allclose(np.abs(axis), [0.6, 0.8, 0])
