@@ -131,8 +131,8 @@ def register(depth_src: np.ndarray, values_src: np.ndarray, K_src: np.ndarray, T
     occlusion edge) rasterised with perspective-correct depth and a z-buffer, so that slanted surfaces land
     exactly. A pixel splat covers what the mesh cannot: pixels no triangle reaches, and the half-pixel
     strips at foreground edges where the splat is markedly nearer than the mesh behind. Returns depth (H,W)
-    float32 (0 where nothing lands) and the (H,W) ``values_src`` carried with it (a triangle carries the
-    smallest of its corners' values; 0 where nothing lands).
+    float32 (0 where nothing lands) and the (H,W) ``values_src`` carried with it (a pixel inside a triangle
+    takes its nearest corner's value; 0 where nothing lands).
     """
     h, w = depth_src.shape
     W, H = size
@@ -161,7 +161,6 @@ def register(depth_src: np.ndarray, values_src: np.ndarray, K_src: np.ndarray, T
     keep = (np.abs(det) > 1e-12) & (u_hi - u_lo < 4) & (v_hi - v_lo < 4)
     tris, tu, tv, inv_z, e1u, e1v, e2u, e2v, det, u_lo, v_lo, u_hi, v_hi = (
         x[keep] for x in (tris, tu, tv, inv_z, e1u, e1v, e2u, e2v, det, u_lo, v_lo, u_hi, v_hi))
-    tri_values = values[tris].min(1)
     cells, zs, cell_values = [], [], []
     for dv in range(4):
         for du in range(4):
@@ -175,7 +174,8 @@ def register(depth_src: np.ndarray, values_src: np.ndarray, K_src: np.ndarray, T
             iz = inv_z[m]
             cells.append((pv[m] * W + pu[m])[inside])
             zs.append((1.0 / (l0 * iz[:, 0] + l1 * iz[:, 1] + l2 * iz[:, 2]))[inside])
-            cell_values.append(tri_values[m][inside])
+            nearest_corner = np.argmax(np.stack([l0, l1, l2], 1), axis=1)
+            cell_values.append(values[tris[m][np.arange(len(nearest_corner)), nearest_corner]][inside])
     depth, out_values = _zbuffer(np.concatenate(cells), np.concatenate(zs), np.concatenate(cell_values), H * W)
 
     splat_depth, splat_values = _splat(p[has_depth], values[has_depth], K, size)
