@@ -51,7 +51,7 @@ def test_object_poses_follow_a_fast_rigid_motion():
     rng = np.random.default_rng(1)
     cube = rng.uniform(-0.02, 0.02, (800, 3)) * [1, 1, 1]
     cube[np.arange(800), rng.integers(0, 3, 800)] = rng.choice([-0.02, 0.02], 800)  # on the faces
-    cfg = {"prealign_radius_m": 0.03, "prealign_iterations": 10}
+    cfg = {"prealign_radius_m": 0.03, "prealign_iterations": 10, "prealign_min_share": 0.25}
     poses = ObjectPoses({1: cube}, cfg)
     step = make_T(Rotation.from_euler("z", 8, degrees=True).as_matrix(), [0.04, 0.0, 0.0])
     truth = np.eye(4)
@@ -61,6 +61,11 @@ def test_object_poses_follow_a_fast_rigid_motion():
         moved = poses.step({1: seen @ truth[:3, :3].T + truth[:3, 3]})
         assert set(moved) == {1}
         assert np.abs(poses.poses[1] - truth).max() < 3e-3
+    # A fragment (a corner leaving the workspace) is not fitted: the object moves on at constant velocity.
+    corner = cube[(cube > 0.01).all(1)]
+    assert len(corner) < 0.25 * len(cube)
+    poses.step({1: corner @ truth[:3, :3].T + truth[:3, 3]})
+    assert np.abs(poses.poses[1] - step @ truth).max() < 1e-9
 
 
 @pytest.fixture(scope="module")
