@@ -5,7 +5,8 @@
 
 ``stereo`` (the default) rectifies each unit's infrared pair, matches it with OpenCV StereoSGBM (left-right
 check, sub-pixel disparities, occlusion filling; see ``stereo.match``), turns disparity into depth
-z = f b / d and splats it into the colour camera through the unit's own depth-to-colour extrinsics.
+z = f b / d and registers it into the colour camera through the unit's own depth-to-colour extrinsics
+(as a triangle mesh, see ``stereo.register``).
 ``sensor`` registers the depth the unit recorded instead. Confidence is 255 where the matcher (or the
 sensor) measured the pixel and lower where the value was filled in; 0 where there is no depth.
 """

@@ -315,8 +315,8 @@ class ObjectPoses:
     found by ICP of the model onto the frame's points of the same mask id, from a constant-velocity
     prediction and from that prediction shifted to the points' centroid (a fast start outruns the first);
     the start with the smaller residual wins. An object with too few points this frame (a fragment at the
-    workspace's edge or behind another) keeps its constant-velocity prediction. Registering depth to depth, both seen by the same cameras,
-    keeps the biases of depth and masks out of the relative motion."""
+    workspace's edge or behind another) keeps its constant-velocity prediction. Registering depth to depth,
+    both seen by the same cameras, keeps the biases of depth and masks out of the relative motion."""
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
         self.models = {k: v for k, v in first.items() if len(v) >= 20}
