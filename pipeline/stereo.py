@@ -159,13 +159,11 @@ def register(depth_src: np.ndarray, values_src: np.ndarray, K_src: np.ndarray, T
     # A triangle of one surface covers a pixel or two; longer ones (surfaces seen edge-on) and degenerate
     # ones are left to the splat.
     keep = (np.abs(det) > 1e-12) & (u_hi - u_lo < 4) & (v_hi - v_lo < 4)
-    tris, tu, tv, inv_z, e1u, e1v, e2u, e2v, det, u_lo, v_lo, u_hi, v_hi = (
-        x[keep] for x in (tris, tu, tv, inv_z, e1u, e1v, e2u, e2v, det, u_lo, v_lo, u_hi, v_hi))
     cells, zs, cell_values = [], [], []
     for dv in range(4):
         for du in range(4):
             pu, pv = u_lo + du, v_lo + dv
-            m = (pu <= u_hi) & (pv <= v_hi) & (pu >= 0) & (pu < W) & (pv >= 0) & (pv < H)
+            m = keep & (pu <= u_hi) & (pv <= v_hi) & (pu >= 0) & (pu < W) & (pv >= 0) & (pv < H)
             qu, qv = pu[m] - tu[m, 0], pv[m] - tv[m, 0]
             l1 = (qu * e2v[m] - e2u[m] * qv) / det[m]
             l2 = (e1u[m] * qv - qu * e1v[m]) / det[m]
