@@ -13,7 +13,8 @@ through the later frames by ICP against the fused cloud from a constant-velocity
 pixel takes the id of the posed model point nearest its own 3D point, so occlusion is decided by the
 view's depth and one object has one id in every view. The masks are then cut to the image-space
 foreground (``TableParallax``: pixels whose colour disagrees with the table point behind them as the
-other views see it), which follows silhouettes at the colour image's resolution.
+other views see it, with a per-frame colour model of object against table where that cannot decide or
+is fooled), which follows silhouettes at the colour image's resolution.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) stay
 one id: 3D connectivity cannot separate them.
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
@@ -152,6 +154,7 @@ class RigidObjects:
         """Move every object onto this frame's (N,3) fused points; returns their (N,) ids (0 = none)."""
         cfg = self.cfg
         poses = self.predict()
+        pairs = {k: 0 for k in poses}
         if len(points) and poses:
             for radius in np.geomspace(cfg["icp_radius_m"], cfg["track_radius_m"], cfg["icp_iterations"]):
                 model, ids = self.posed(poses)
@@ -159,13 +162,60 @@ class RigidObjects:
                 near = np.isfinite(dist)
                 for k in poses:
                     pair = near & (ids[np.minimum(idx, len(model) - 1)] == k)
-                    if pair.sum() < 10:
+                    pairs[k] = int(pair.sum())
+                    if pairs[k] < 10:
                         continue
                     R, t = kabsch(model[idx[pair]], points[pair])
                     Rk, tk = poses[k]
                     poses[k] = (R @ Rk, R @ tk + t)
         self.previous, self.poses = self.poses, poses
+        for k in [k for k, n in pairs.items() if n < 10]:
+            self.relocalise(k, points)
         return self.label(points)
+
+    def relocalise(self, k: int, points: np.ndarray) -> None:
+        """Re-find object k, which no fused point supports at its predicted pose (it fell or was struck
+        faster than constant velocity predicts), on the (N,3) points no other object claims, in the
+        components that reach within ``relocalise_radius_m`` of its predicted centre: ICP from its centre moved onto theirs, tilted by
+        0, 45 and 90 degrees about eight horizontal axes (objects topple); the start that explains most
+        points wins if it explains ``min_points``. The object then restarts at zero velocity."""
+        cfg = self.cfg
+        R0, t0 = self.poses[k]
+        model = self.models[k]
+        centre = model.mean(axis=0) @ R0.T + t0
+        others, _ = self.posed({j: pose for j, pose in self.poses.items() if j != k})
+        free = points
+        if len(others):
+            dist, _ = cKDTree(others).query(points, distance_upper_bound=cfg["track_radius_m"])
+            free = points[~np.isfinite(dist)]
+        # Whole components that reach into the search radius: a cut one would bias the fit.
+        parts = connected_objects(free, cfg["voxel_m"], 1)
+        reach = np.unique(parts[np.linalg.norm(free - centre, axis=1) < cfg["relocalise_radius_m"]])
+        free = free[np.isin(parts, reach[reach > 0])]
+        if len(free) < cfg["min_points"]:
+            return
+        tree = cKDTree(free)
+        starts = [np.eye(3)] + [Rotation.from_rotvec(angle * np.array([np.cos(a), np.sin(a), 0.0])).as_matrix()
+                                for angle in (np.pi / 4, np.pi / 2) for a in np.arange(8) * np.pi / 4]
+        best = (cfg["min_points"] - 1, None)
+        for tilt in starts:
+            R = tilt @ R0
+            t = free.mean(axis=0) - model.mean(axis=0) @ R.T
+            # Far from the start, so more steps than tracking takes: the last radius repeats.
+            radii = np.geomspace(cfg["icp_radius_m"], cfg["track_radius_m"], cfg["icp_iterations"])
+            for radius in np.concatenate([radii, np.full(2 * cfg["icp_iterations"], radii[-1])]):
+                dist, idx = tree.query(model @ R.T + t, distance_upper_bound=radius)
+                pair = np.isfinite(dist)
+                if pair.sum() < 10:
+                    break
+                dR, dt = kabsch(model[pair] @ R.T + t, free[idx[pair]])
+                R, t = dR @ R, dR @ t + dt
+            dist, _ = cKDTree(model @ R.T + t).query(free, distance_upper_bound=cfg["track_radius_m"])
+            explained = int(np.isfinite(dist).sum())
+            if explained > best[0]:
+                best = (explained, (R, t))
+        if best[1] is not None:
+            self.poses[k] = self.previous[k] = best[1]
 
     def label(self, points: np.ndarray) -> np.ndarray:
         """(N,) ids of fused points: the nearest posed model point within ``track_radius_m``. Points left
@@ -265,16 +315,35 @@ class TableParallax:
         return decided, table
 
 
-def refine_view(ids: np.ndarray, decided: np.ndarray, table: np.ndarray, fill_px: int) -> np.ndarray:
-    """(H,W) ids cut to the image-space foreground: object where the table parallax decided so, the depth's
-    own ids where it could not decide; foreground pixels without an id take the nearest id within
-    ``fill_px`` pixels."""
-    fg = np.where(decided, ~table, ids > 0)
+def object_colour_probability(colour: np.ndarray, decided: np.ndarray, table: np.ndarray, near: np.ndarray,
+                              levels: int = 16) -> np.ndarray:
+    """(C,H,W) probability that a pixel shows an object rather than the table, from its colour alone.
+
+    A colour histogram (``levels`` per channel) is learnt per frame from the pixels the table parallax
+    decided, in all views, within reach of an object (``near``, (C,H,W)), so the table class holds the
+    objects' own shadows. It carries the decision where the parallax cannot (no other view sees the table
+    point behind a pixel: the bases of objects, the gaps in a cluster) and overrules it where it is sure
+    (an object's colour that happens to match the table point behind it)."""
+    step = 256 // levels
+    q = colour.astype(np.int64) // step
+    code = (q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]
+    n_object = np.bincount(code[near & decided & ~table], minlength=levels ** 3)
+    n_table = np.bincount(code[near & decided & table], minlength=levels ** 3)
+    return ((n_object + 0.5) / (n_object + n_table + 1.0))[code]  # half a count each way: unseen colours 0.5
+
+
+def refine_view(ids: np.ndarray, decided: np.ndarray, table: np.ndarray, p_object: np.ndarray,
+                cfg: dict) -> np.ndarray:
+    """(H,W) ids cut to the image-space foreground: the table parallax decides unless the colour model is
+    surer than ``colour_override_p``; the colour model alone where the parallax could not decide.
+    Foreground pixels without an id take the nearest id within ``fill_px`` pixels."""
+    sure = cfg["colour_override_p"]
+    fg = np.where(decided, np.where(table, p_object > sure, p_object > 1 - sure), p_object > 0.5)
     fg = ndimage.binary_fill_holes(ndimage.binary_opening(fg))
     if not (ids > 0).any():
         return np.zeros_like(ids)
     dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
-    return np.where(fg & (dist <= fill_px), ids[iy, ix], 0).astype(ids.dtype)
+    return np.where(fg & (dist <= cfg["fill_px"]), ids[iy, ix], 0).astype(ids.dtype)
 
 
 class FusedFrames:
@@ -325,13 +394,14 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
             labels = objects.track(points)
         model, model_ids = objects.posed()
         labelled = cKDTree(model) if len(model) else None
+        views = np.stack([label_view(p, flat, (H, W), labelled, model_ids, cfg) for p, flat in per_view])
         if parallax is not None:
-            decided, table = parallax.classify(colour[:, t], depths)
-        for c, (p, flat) in enumerate(per_view):
-            view = label_view(p, flat, (H, W), labelled, model_ids, cfg)
-            if parallax is not None:
-                view = refine_view(view, decided[c], table[c], cfg["fill_px"])
-            ids[c, t] = view
+            frame_colour = colour[:, t]
+            decided, table = parallax.classify(frame_colour, depths)
+            near = np.stack([ndimage.distance_transform_edt(v == 0) <= cfg["fill_px"] for v in views])
+            p_object = object_colour_probability(frame_colour, decided, table, near)
+            views = np.stack([refine_view(views[c], decided[c], table[c], p_object[c], cfg) for c in range(C)])
+        ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
     return counts, len(objects.models)
 

@@ -9,13 +9,14 @@ from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import look_at_T_cw, intrinsics_from_hfov, project
-from pipeline.masks import MasksError, RigidObjects, TableParallax, connected_objects, kabsch, write_masks
+from pipeline.masks import (MasksError, RigidObjects, TableParallax, connected_objects, kabsch, object_colour_probability,
+                            write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
 
 CFG = {"voxel_m": 0.006, "min_points": 20, "track_radius_m": 0.015, "reattach_radius_m": 0.05,
-       "icp_iterations": 8, "icp_radius_m": 0.03}
+       "icp_iterations": 8, "icp_radius_m": 0.03, "relocalise_radius_m": 0.1}
 
 
 def _box(centre, rng, n=400, size=(0.04, 0.04, 0.08)):
@@ -62,6 +63,52 @@ def test_ids_follow_fast_objects_that_pass_close_to_each_other():
     assert objects.next_id == 3  # no spurious new objects
     R, t = objects.poses[first[0]]
     assert np.allclose(R, Rotation.from_rotvec([0, 0, 1.8]).as_matrix(), atol=0.02)
+
+
+def _topple(relocalise_radius_m):
+    """A 4 x 4 x 8 cm box stands still for two frames, then lies 9 cm away on its side (struck: no
+    constant-velocity prediction reaches it). Returns the tracker and the last frame's points and ids."""
+    rng = np.random.default_rng(3)
+    shape = _box([0, 0, 0], rng, 1500)
+    standing = shape + [0, 0, 0.04]
+    lying = shape @ Rotation.from_rotvec([np.pi / 2, 0, 0]).as_matrix().T + [0.09, 0.02, 0.02]
+    objects = RigidObjects({**CFG, "relocalise_radius_m": relocalise_radius_m})
+    objects.add(standing, connected_objects(standing, CFG["voxel_m"], CFG["min_points"]))
+    objects.label(standing)
+    objects.track(standing + rng.normal(0, 0.001, standing.shape))
+    return objects, lying, objects.track(lying + rng.normal(0, 0.001, lying.shape))
+
+
+def test_a_toppled_object_is_relocalised_and_keeps_its_id():
+    objects, lying, labels = _topple(0.1)
+    assert (labels == 1).mean() > 0.99 and objects.next_id == 2
+    R, _ = objects.poses[1]
+    model, _ = objects.posed()
+    assert np.linalg.norm(model.mean(axis=0) - lying.mean(axis=0)) < 0.003
+    assert abs(R[:, 2] @ [0, 1, 0]) > np.cos(np.radians(5))  # the long axis lies along y, as the box does
+    # Without the search the box's points are re-attached to it, but its model is left standing.
+    objects, _, labels = _topple(0.001)
+    model, _ = objects.posed()
+    assert np.linalg.norm(model.mean(axis=0) - lying.mean(axis=0)) > 0.05
+
+
+def test_object_colour_probability_learns_object_against_table_colours():
+    """Decided pixels teach the histogram; undecided ones of the same colours are classified by it, and a
+    colour never seen stays at 0.5."""
+    rng = np.random.default_rng(4)
+    C, H, W = 2, 40, 60
+    colour = np.zeros((C, H, W, 3), np.uint8)
+    colour[...] = rng.integers(120, 200, (C, H, W, 1)) * [1.0, 0.75, 0.5]  # brown table noise
+    obj = np.zeros((C, H, W), bool)
+    obj[:, 10:30, 20:40] = True
+    colour[obj] = rng.integers(0, 40, (obj.sum(), 3)) + [200, 20, 20]  # red object
+    colour[1, 0, 0] = [0, 255, 0]  # a green pixel in the undecided view: a colour no decided pixel has
+    decided = np.zeros((C, H, W), bool)
+    decided[0] = True  # view 0 decided everywhere, view 1 nowhere
+    p = object_colour_probability(colour, decided, decided & ~obj, np.ones((C, H, W), bool))
+    assert (p[1][obj[1]] > 0.9).mean() > 0.95
+    assert (p[1][~obj[1]] < 0.1).mean() > 0.95
+    assert p[1, 0, 0] == 0.5
 
 
 def test_table_parallax_separates_objects_from_the_table_and_its_shadows():
