@@ -176,9 +176,10 @@ class RigidObjects:
     def relocalise(self, k: int, points: np.ndarray) -> None:
         """Re-find object k, which no fused point supports at its predicted pose (it fell or was struck
         faster than constant velocity predicts), on the (N,3) points no other object claims, in the
-        components that reach within ``relocalise_radius_m`` of its predicted centre: ICP from its centre moved onto theirs, tilted by
-        0, 45 and 90 degrees about eight horizontal axes (objects topple); the start that explains most
-        points wins if it explains ``min_points``. The object then restarts at zero velocity."""
+        components that reach within ``relocalise_radius_m`` of its predicted centre: ICP from its centre
+        moved onto theirs, tilted by 0, 45 and 90 degrees about eight horizontal axes (objects topple);
+        the start that explains most points wins if it explains ``min_points``. The object then restarts
+        at zero velocity."""
         cfg = self.cfg
         R0, t0 = self.poses[k]
         model = self.models[k]
