@@ -9,8 +9,8 @@ from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import look_at_T_cw, intrinsics_from_hfov, project
-from pipeline.masks import (MasksError, RigidObjects, TableParallax, connected_objects, kabsch, object_colour_probability,
-                            write_masks)
+from pipeline.masks import (MasksError, RigidObjects, TableParallax, connected_objects, kabsch,
+                            object_colour_probability, write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
