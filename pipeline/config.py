@@ -5,10 +5,13 @@ that Snakemake accepts is the config a stage runs with. Defaults from the schema
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
+import sys
 from pathlib import Path
+from typing import Callable
 
 import jsonschema
 import yaml
@@ -102,8 +105,7 @@ def split_of(episode: str) -> str:
 
 
 SPEC_SECTIONS = ("rig", "table", "calibration", "depth", "masks", "tracking", "ids", "labels", "scene")
-SECTION_SCHEMA = {"rig": "rig", "table": "table", "calibration": "calibration", "depth": "depth", "masks": "masks",
-                  "tracking": "tracking", "ids": "ids", "labels": "labels", "scene": "$defs/scene"}
+SECTION_SCHEMA = {**{k: k for k in SPEC_SECTIONS}, "scene": "$defs/scene"}
 
 
 def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIONS) -> dict:
@@ -112,9 +114,7 @@ def scene_spec(config: dict, scene: str, sections: tuple[str, ...] = SPEC_SECTIO
     reruns it when those change and not otherwise."""
     if scene not in config["scenes"]:
         raise ConfigError(f"scene '{scene}' is not in the config (have: {', '.join(config['scenes'])})")
-    full = {"rig": config["rig"], "table": config["table"], "calibration": config["calibration"],
-            "depth": config["depth"], "masks": config["masks"], "tracking": config["tracking"],
-            "ids": config["ids"], "labels": config["labels"], "scene": config["scenes"][scene]}
+    full = {**{k: config[k] for k in SPEC_SECTIONS if k != "scene"}, "scene": config["scenes"][scene]}
     return {"name": scene, **{k: full[k] for k in sections}}
 
 
@@ -123,19 +123,35 @@ def config_hash(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def add_spec_arguments(ap, section: str) -> None:
-    """The --config/--scene/--spec options every stage command takes (see ``stage_section``)."""
-    ap.add_argument("--config", help=f"config.yaml (with --scene): its {section} section")
+def stage_main(argv, stage: str, doc: str, inputs: dict[str, str | None], errors: tuple[type[Exception], ...],
+               run: Callable[[argparse.Namespace, dict], str | None]) -> int:
+    """The command line of a per-episode stage: ``python -m pipeline.<stage> --<input> A.zarr ...
+    (--config config.yaml --scene NAME | --spec JSON) --out B.zarr``. ``inputs`` maps each input option
+    to its help; ``run(args, cfg)`` gets the parsed options and the stage's config section and returns a
+    summary line for stderr (or None). A config error, a bad artifact or one of ``errors`` prints
+    ``error: ...`` and returns 2."""
+    from .artifact import ArtifactError  # artifact imports this module
+
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    for option, help_text in inputs.items():
+        ap.add_argument(f"--{option}", required=True, help=help_text)
+    ap.add_argument("--config", help=f"config.yaml (with --scene): its {stage} section")
     ap.add_argument("--scene")
     ap.add_argument("--spec", help="the scene's validated config sections as JSON (what Snakemake passes)")
-
-
-def stage_section(args, section: str) -> dict:
-    """The ``section`` of the scene spec named by a stage command's --config/--scene or --spec."""
-    spec = read_scene_spec(args.config, args.scene, args.spec)
-    if section not in spec:
-        raise ConfigError(f"the spec has no {section} section")
-    return spec[section]
+    ap.add_argument("--out", required=True, help=f"{stage} artifact to write (.zarr)")
+    args = ap.parse_args(argv)
+    try:
+        spec = read_scene_spec(args.config, args.scene, args.spec)
+        if stage not in spec:
+            raise ConfigError(f"the spec has no {stage} section")
+        summary = run(args, spec[stage])
+    except (ConfigError, ArtifactError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary:
+        print(summary, file=sys.stderr)
+    return 0
 
 
 def read_scene_spec(config_path: str | None, scene: str | None, spec_json: str | None) -> dict:

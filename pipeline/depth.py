@@ -12,15 +12,14 @@ sensor) measured the pixel and lower where the value was filled in; 0 where ther
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
-from .config import ConfigError, add_spec_arguments, stage_section
+from .artifact import ArtifactWriter, frame_array, open_artifact, put
+from .config import stage_main
 from .stereo import MatcherParams, disparity_to_depth, match, rectify, register
 
 MEASURED, FILLED = 255, 64
@@ -101,19 +100,10 @@ def matcher_params(depth_cfg: dict) -> MatcherParams:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.depth", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--capture", required=True)
-    add_spec_arguments(ap, "depth")
-    ap.add_argument("--out", required=True, help="depth artifact to write (.zarr)")
-    args = ap.parse_args(argv)
-    try:
-        cfg = stage_section(args, "depth")
+    def run(args, cfg):
         write_depth(args.capture, cfg["method"], matcher_params(cfg), args.out)
-    except (ConfigError, ArtifactError, DepthError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return stage_main(argv, "depth", __doc__, {"capture": "capture artifact of the episode"}, (DepthError,), run)
 
 
 if __name__ == "__main__":

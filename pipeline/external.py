@@ -8,7 +8,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from .geometry import make_T, transform_gaussians
+from .geometry import make_T, transform_gaussians, transform_points
 from .masks import kabsch
 from .splat import read_splat_file
 
@@ -50,7 +50,7 @@ def gs_dynamics_demo(path) -> dict:
     tree = cKDTree(cloud)
     T = np.eye(4)
     for radius in np.geomspace(0.05, 0.005, 30):
-        moved = means @ T[:3, :3].T + T[:3, 3]
+        moved = transform_points(T, means)
         dist, j = tree.query(moved, distance_upper_bound=radius)
         near = np.isfinite(dist)
         R, t = kabsch(moved[near], cloud[j[near]])

@@ -18,15 +18,14 @@ Artifact: ``ids`` (N,) int32 (0 = background), ``soft_ids`` (N, M) float32 over 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
-from .config import ConfigError, add_spec_arguments, stage_section
+from .artifact import ArtifactWriter, open_artifact, put
+from .config import stage_main
 from .splat import contributions
 
 
@@ -89,21 +88,12 @@ def write_ids(tracking_path: str, masks_path: str, cfg: dict, out: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.ids", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tracking", required=True, help="tracking artifact of the episode")
-    ap.add_argument("--masks", required=True, help="masks artifact of the episode")
-    add_spec_arguments(ap, "ids")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    try:
-        cfg = stage_section(args, "ids")
+    def run(args, cfg):
         result = write_ids(args.tracking, args.masks, cfg, args.out)
-    except (ConfigError, ArtifactError, IdsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{result['n']} Gaussians: {result['objects']} objects, {result['background']} background", file=sys.stderr)
-    return 0
+        return f"{result['n']} Gaussians: {result['objects']} objects, {result['background']} background"
+
+    return stage_main(argv, "ids", __doc__, {"tracking": "tracking artifact of the episode",
+                                             "masks": "masks artifact of the episode"}, (IdsError,), run)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ fit residuals, the cameras, and the paths of the capture (images) and masks the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
-from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
-from .config import ConfigError, add_spec_arguments, stage_section
+from .artifact import ArtifactWriter, open_artifact, put
+from .config import stage_main
 from .geometry import make_T, transform_gaussians
 from .masks import kabsch
 
@@ -114,23 +113,15 @@ def write_labels(tracking_path: str, ids_path: str, capture_path: str, masks_pat
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.labels", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tracking", required=True)
-    ap.add_argument("--ids", required=True)
-    ap.add_argument("--capture", required=True, help="the episode's images (referenced, not copied)")
-    ap.add_argument("--masks", required=True, help="the episode's masks (referenced, not copied)")
-    add_spec_arguments(ap, "labels")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    try:
-        cfg = stage_section(args, "labels")
+    def run(args, cfg):
         result = write_labels(args.tracking, args.ids, args.capture, args.masks, cfg, args.out)
-    except (ConfigError, ArtifactError, LabelsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{result['objects']} objects; median fit residual {result['median_rms_mm']:.2f} mm", file=sys.stderr)
-    return 0
+        return f"{result['objects']} objects; median fit residual {result['median_rms_mm']:.2f} mm"
+
+    return stage_main(argv, "labels", __doc__,
+                      {"tracking": "tracking artifact of the episode", "ids": "ids artifact of the episode",
+                       "capture": "the episode's images (referenced, not copied)",
+                       "masks": "the episode's masks (referenced, not copied)"},
+                      (LabelsError,), run)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Stage `masks`: per view, per frame instance masks whose ids agree across all views and frames.
 
-    python -m pipeline.masks --depth results/bowling/depth/train_0000.zarr \\
-        --calibration results/bowling/calibration.zarr --config config.yaml --scene bowling \\
-        --out results/bowling/masks/train_0000.zarr
+    python -m pipeline.masks --capture results/bowling/capture/train_0000.zarr \\
+        --depth results/bowling/depth/train_0000.zarr --calibration results/bowling/calibration.zarr \\
+        --config config.yaml --scene bowling --out results/bowling/masks/train_0000.zarr
 
 Offline backend (``fused``, the default; no downloaded weights): every camera's registered depth is
 lifted into the calibrated world frame and what stands above the table inside the workspace is fused
@@ -21,7 +21,6 @@ one id: 3D connectivity cannot separate them.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import cv2
@@ -31,8 +30,8 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from .artifact import ArtifactError, ArtifactWriter, frame_array, open_artifact, put
-from .config import ConfigError, add_spec_arguments, stage_section
+from .artifact import ArtifactWriter, frame_array, open_artifact, put
+from .config import stage_main
 from .geometry import backproject, invert_T, pixel_rays, project, transform_points
 
 
@@ -198,13 +197,15 @@ class RigidObjects:
         tree = cKDTree(free)
         starts = [np.eye(3)] + [Rotation.from_rotvec(angle * np.array([np.cos(a), np.sin(a), 0.0])).as_matrix()
                                 for angle in (np.pi / 4, np.pi / 2) for a in np.arange(8) * np.pi / 4]
+        # Far from the start, so more steps than tracking takes: the last radius repeats.
+        radii = np.geomspace(cfg["icp_radius_m"], cfg["track_radius_m"], cfg["icp_iterations"])
+        radii = np.concatenate([radii, np.full(2 * cfg["icp_iterations"], radii[-1])])
+        model_centre, free_centre = model.mean(axis=0), free.mean(axis=0)
         best = (cfg["min_points"] - 1, None)
         for tilt in starts:
             R = tilt @ R0
-            t = free.mean(axis=0) - model.mean(axis=0) @ R.T
-            # Far from the start, so more steps than tracking takes: the last radius repeats.
-            radii = np.geomspace(cfg["icp_radius_m"], cfg["track_radius_m"], cfg["icp_iterations"])
-            for radius in np.concatenate([radii, np.full(2 * cfg["icp_iterations"], radii[-1])]):
+            t = free_centre - model_centre @ R.T
+            for radius in radii:
                 dist, idx = tree.query(model @ R.T + t, distance_upper_bound=radius)
                 pair = np.isfinite(dist)
                 if pair.sum() < 10:
@@ -333,18 +334,22 @@ def object_colour_probability(colour: np.ndarray, decided: np.ndarray, table: np
     return ((n_object + 0.5) / (n_object + n_table + 1.0))[code]  # half a count each way: unseen colours 0.5
 
 
-def refine_view(ids: np.ndarray, decided: np.ndarray, table: np.ndarray, p_object: np.ndarray,
-                cfg: dict) -> np.ndarray:
-    """(H,W) ids cut to the image-space foreground: the table parallax decides unless the colour model is
-    surer than ``colour_override_p``; the colour model alone where the parallax could not decide.
-    Foreground pixels without an id take the nearest id within ``fill_px`` pixels."""
-    sure = cfg["colour_override_p"]
-    fg = np.where(decided, np.where(table, p_object > sure, p_object > 1 - sure), p_object > 0.5)
-    fg = ndimage.binary_fill_holes(ndimage.binary_opening(fg))
+def nearest_ids(ids: np.ndarray, fill_px: int) -> np.ndarray:
+    """(H,W) the id of the nearest labelled pixel of ``ids`` within ``fill_px`` pixels (0 beyond)."""
     if not (ids > 0).any():
         return np.zeros_like(ids)
     dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
-    return np.where(fg & (dist <= cfg["fill_px"]), ids[iy, ix], 0).astype(ids.dtype)
+    return np.where(dist <= fill_px, ids[iy, ix], 0).astype(ids.dtype)
+
+
+def refine_view(near_ids: np.ndarray, decided: np.ndarray, table: np.ndarray, p_object: np.ndarray,
+                sure: float) -> np.ndarray:
+    """(H,W) ids (``nearest_ids`` of the depth's ids) cut to the image-space foreground: the table
+    parallax decides unless the colour model is surer than ``sure``; the colour model alone where the
+    parallax could not decide."""
+    fg = np.where(decided, np.where(table, p_object > sure, p_object > 1 - sure), p_object > 0.5)
+    fg = ndimage.binary_fill_holes(ndimage.binary_opening(fg))
+    return np.where(fg, near_ids, 0).astype(near_ids.dtype)
 
 
 class FusedFrames:
@@ -399,9 +404,10 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
         if parallax is not None:
             frame_colour = colour[:, t]
             decided, table = parallax.classify(frame_colour, depths)
-            near = np.stack([ndimage.distance_transform_edt(v == 0) <= cfg["fill_px"] for v in views])
-            p_object = object_colour_probability(frame_colour, decided, table, near)
-            views = np.stack([refine_view(views[c], decided[c], table[c], p_object[c], cfg) for c in range(C)])
+            near_ids = np.stack([nearest_ids(v, cfg["fill_px"]) for v in views])
+            p_object = object_colour_probability(frame_colour, decided, table, near_ids > 0)
+            views = np.stack([refine_view(near_ids[c], decided[c], table[c], p_object[c], cfg["colour_override_p"])
+                              for c in range(C)])
         ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
     return counts, len(objects.models)
@@ -441,23 +447,15 @@ def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.masks", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--capture", required=True, help="capture artifact of the episode (colour images)")
-    ap.add_argument("--depth", required=True, help="depth artifact of the episode")
-    ap.add_argument("--calibration", required=True, help="calibration artifact of the rig")
-    add_spec_arguments(ap, "masks")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    try:
-        cfg = stage_section(args, "masks")
+    def run(args, cfg):
         result = write_masks(args.capture, args.depth, args.calibration, cfg, args.out)
-    except (ConfigError, ArtifactError, MasksError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{result['n_objects']} objects; per frame {result['objects_per_frame'].min()}.."
-          f"{result['objects_per_frame'].max()}", file=sys.stderr)
-    return 0
+        counts = result["objects_per_frame"]
+        return f"{result['n_objects']} objects; per frame {counts.min()}..{counts.max()}"
+
+    return stage_main(argv, "masks", __doc__,
+                      {"capture": "capture artifact of the episode (colour images)",
+                       "depth": "depth artifact of the episode", "calibration": "calibration artifact of the rig"},
+                      (MasksError,), run)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Artifact: per-frame means (T,N,3) and quaternions (T,N,4, x y z w) and the froze
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -36,9 +35,9 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
-from .config import ConfigError, add_spec_arguments, stage_section
-from .geometry import make_T
+from .artifact import ArtifactWriter, open_artifact, put
+from .config import stage_main
+from .geometry import make_T, transform_points
 from .masks import kabsch, world_points
 from .splat import quat_to_rotmat, render, resolve_backend
 
@@ -295,7 +294,7 @@ def _icp(model: np.ndarray, target: np.ndarray, T: np.ndarray, radius: float, st
     """Refine the (4,4) pose ``T`` of (M,3) ``model`` points onto (P,3) ``target`` points: each target point
     pairs with the nearest posed model point within a radius shrinking from ``radius`` to a quarter.
     Returns the pose and the mean target-to-model distance (capped at ``radius``)."""
-    tree_pts = model @ T[:3, :3].T + T[:3, 3]
+    tree_pts = transform_points(T, model)
     for r in np.geomspace(radius, radius / 4, steps):
         dist, j = cKDTree(tree_pts).query(target, distance_upper_bound=r)
         near = np.isfinite(dist)
@@ -303,7 +302,7 @@ def _icp(model: np.ndarray, target: np.ndarray, T: np.ndarray, radius: float, st
             break
         R, t = kabsch(tree_pts[j[near]], target[near])
         T = make_T(R, t) @ T
-        tree_pts = model @ T[:3, :3].T + T[:3, 3]
+        tree_pts = transform_points(T, model)
     dist, _ = cKDTree(tree_pts).query(target)
     return T, float(np.minimum(dist, radius).mean())
 
@@ -334,7 +333,7 @@ class ObjectPoses:
                 pose = predicted  # unseen, or a fragment whose fit would jump
             else:
                 shift = np.eye(4)
-                shift[:3, 3] = target.mean(0) - (model @ predicted[:3, :3].T + predicted[:3, 3]).mean(0)
+                shift[:3, 3] = target.mean(0) - transform_points(predicted, model).mean(0)
                 fits = [_icp(model, target, start, self.cfg["prealign_radius_m"], self.cfg["prealign_iterations"])
                         for start in (predicted, shift @ predicted)]
                 pose = min(fits, key=lambda f: f[1])[0]
@@ -468,24 +467,15 @@ def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibrat
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.tracking", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--capture", required=True, help="capture artifact of the episode (colour images)")
-    ap.add_argument("--depth", required=True, help="depth artifact of the episode")
-    ap.add_argument("--masks", required=True, help="masks artifact of the episode")
-    ap.add_argument("--calibration", required=True, help="calibration artifact of the rig")
-    add_spec_arguments(ap, "tracking")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    try:
-        cfg = stage_section(args, "tracking")
+    def run(args, cfg):
         result = write_tracking(args.capture, args.depth, args.masks, args.calibration, cfg, args.out)
-    except (ConfigError, ArtifactError, TrackingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{result['n_gaussians']} Gaussians; first-frame PSNR {np.round(result['psnr_db'], 1).tolist()} dB",
-          file=sys.stderr)
-    return 0
+        return f"{result['n_gaussians']} Gaussians; first-frame PSNR {np.round(result['psnr_db'], 1).tolist()} dB"
+
+    return stage_main(argv, "tracking", __doc__,
+                      {"capture": "capture artifact of the episode (colour images)",
+                       "depth": "depth artifact of the episode", "masks": "masks artifact of the episode",
+                       "calibration": "calibration artifact of the rig"},
+                      (TrackingError,), run)
 
 
 if __name__ == "__main__":
