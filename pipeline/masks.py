@@ -8,7 +8,7 @@ Offline backend (``fused``, the default; no downloaded weights): every camera's 
 lifted into the calibrated world frame and what stands above the table inside the workspace is fused
 into one point cloud per frame; points that other cameras see through (free space) are carved away.
 At the first frame the cloud is split into objects by 3D connectivity (voxels sharing a face, edge or
-corner); each object keeps these points as a rigid model (``RigidObjects``) whose pose is tracked
+corner) and colour; each object keeps these points as a rigid model (``RigidObjects``) whose pose is tracked
 through the later frames by ICP against the fused cloud from a constant-velocity prediction. Each
 pixel takes the id of the posed model point nearest its own 3D point, so occlusion is decided by the
 view's depth and one object has one id in every view. The masks are then cut to the image-space
@@ -16,8 +16,10 @@ foreground (``TableParallax``: pixels whose colour disagrees with the table poin
 other views see it, with a per-frame colour model of object against table where that cannot decide or
 is fooled), which follows silhouettes at the colour image's resolution.
 
-Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) stay
-one id: 3D connectivity cannot separate them.
+Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
+one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
+touching objects of different colours separate while one object's own pattern keeps it whole. Touching
+objects of the same colour stay one id.
 """
 from __future__ import annotations
 
@@ -93,6 +95,76 @@ def connected_objects(points: np.ndarray, voxel: float, min_points: int) -> np.n
     return relabel[labels]
 
 
+CHROMA_BINS = 12  # per axis of the (r, g) chromaticity grid
+
+
+def chromaticity_bins(colour: np.ndarray) -> np.ndarray:
+    """(N,) bin index in a CHROMA_BINS x CHROMA_BINS grid of (r, g) / (r + g + b) of (N,3) colours: hue
+    and saturation without the brightness, so one object's shaded and lit faces fall in the same bins."""
+    c = colour.astype(np.float64)
+    rg = c[:, :2] / (c.sum(axis=1, keepdims=True) + 1e-6)
+    q = np.minimum((rg * CHROMA_BINS).astype(int), CHROMA_BINS - 1)
+    return q[:, 0] * CHROMA_BINS + q[:, 1]
+
+
+def colour_cut(points: np.ndarray, bins: np.ndarray, n_bins: int, min_points: int):
+    """The plane cutting (N,3) points into two sides whose colours differ most: (overlap, normal, offset),
+    or (1, None, None) when no side can hold ``min_points``. Overlap is the share of the smaller side's
+    points whose chromaticity bin the other side also fills as often (0: disjoint colours, 1: the smaller
+    side's colours all occur across the cut). Normals: vertical, horizontal and 45 degrees up, every 15
+    degrees of azimuth (objects stand on the table, so stacks and rows meet in such planes)."""
+    best = (1.0, None, None)
+    k = np.arange(min_points, len(points) - min_points + 1)
+    if len(k) == 0:
+        return best
+    normals = [np.array([0.0, 0.0, 1.0])]
+    for a in np.arange(12) * np.pi / 12:
+        normals += [np.array([np.cos(a), np.sin(a), 0.0]), np.array([np.cos(a), np.sin(a), 1.0]) / np.sqrt(2)]
+    onehot = np.eye(n_bins, dtype=np.int32)
+    for n in normals:
+        s = points @ n
+        order = np.argsort(s)
+        below = np.cumsum(onehot[bins[order]], axis=0)[k - 1]  # (K, n_bins) colour counts below each cut
+        above = np.bincount(bins, minlength=n_bins) - below
+        overlap = np.minimum(below, above).sum(axis=1) / np.minimum(k, len(points) - k)
+        i = int(np.argmin(overlap))
+        if overlap[i] < best[0]:
+            best = (float(overlap[i]), n, 0.5 * (s[order[k[i] - 1]] + s[order[k[i]]]))
+    return best
+
+
+def split_by_colour(points: np.ndarray, bins: np.ndarray, labels: np.ndarray, min_points: int,
+                    max_overlap: float) -> np.ndarray:
+    """(N,) labels with each connected object cut, recursively, by planes across which its colours do
+    not overlap (``colour_cut`` below ``max_overlap``): touching objects of different colours (a stack of
+    cubes) become separate objects, while one object's pattern (a pin's stripes, a ball's checks) recurs
+    on both sides of every plane and keeps it whole. (N,) bins: the points' chromaticity bins. Ids in
+    order of size, largest first."""
+    parts: list[np.ndarray] = []
+    todo = [np.flatnonzero(labels == k) for k in range(1, int(labels.max(initial=0)) + 1)]
+    while todo:
+        members = todo.pop()
+        overlap, normal, offset = colour_cut(points[members], bins[members], CHROMA_BINS**2, min_points)
+        if normal is None or overlap > max_overlap:
+            parts.append(members)
+            continue
+        side = points[members] @ normal > offset
+        todo += [members[~side], members[side]]
+    out = np.zeros(len(points), int)
+    for i, members in enumerate(sorted(parts, key=len, reverse=True)):
+        out[members] = i + 1
+    return out
+
+
+def colour_log_likelihood(bins: np.ndarray) -> np.ndarray:
+    """(CHROMA_BINS**2,) log p(chromaticity bin | object) from its points' (M,) bins: counts spread over the
+    neighbouring bins (noise moves a colour across a bin edge), one count more in every bin so that an
+    unseen colour is unlikely but not impossible."""
+    counts = np.bincount(bins, minlength=CHROMA_BINS**2).reshape(CHROMA_BINS, CHROMA_BINS).astype(np.float64)
+    counts = ndimage.uniform_filter(counts, 3, mode="constant") * 9 + 1
+    return np.log(counts / counts.sum()).ravel()
+
+
 def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotation R and translation t minimising |R src + t - dst| over matched (N,3) point pairs."""
     cs, cd = src.mean(axis=0), dst.mean(axis=0)
@@ -105,24 +177,48 @@ def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RigidObjects:
     """Objects as rigid point models tracked through the frames.
 
-    Each object keeps the (M,3) world points it had when first seen (its model) and a pose (R, t) that
-    carries them to the current frame. Tracking a frame: predict every pose at constant velocity, then
-    refine all poses jointly by ICP against the frame's fused points (each point pairs with the nearest
-    model point of any object, within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``;
-    one Kabsch fit per object and step). Because the models never absorb this frame's points, a
+    Each object keeps the (M,3) world points it had when first seen (its model), their colours (as a
+    chromaticity histogram) and a pose (R, t) that carries them to the current frame. Tracking a frame: predict every pose at constant velocity, then
+    refine all poses jointly by ICP against the frame's fused points (each point pairs with the object
+    that ``assign`` gives it, at that object's nearest model point, within a radius shrinking from
+    ``icp_radius_m`` to ``track_radius_m``; one Kabsch fit per object and step). Because the models never absorb this frame's points, a
     mislabelled point cannot leak into an object and carry its id on to later frames.
     """
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.models: dict[int, np.ndarray] = {}
+        self.log_colour: dict[int, np.ndarray] = {}  # colour_log_likelihood of each model
         self.poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.previous: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def add(self, points: np.ndarray, labels: np.ndarray) -> None:
+    def add(self, points: np.ndarray, bins: np.ndarray, labels: np.ndarray) -> None:
+        """New objects from (N,3) points with (N,) chromaticity bins and (N,) labels (0: none)."""
         for k in np.unique(labels[labels > 0]):
             self.models[int(k)] = points[labels == k]
+            self.log_colour[int(k)] = colour_log_likelihood(bins[labels == k])
             self.poses[int(k)] = (np.eye(3), np.zeros(3))
+
+    def assign(self, points: np.ndarray, bins: np.ndarray, radius: float, poses=None):
+        """(N,) ids of (N,3) points with (N,) chromaticity bins (0: no object within ``radius``) and (N,)
+        the index of each point's nearest model point in its object's model: among the objects with a
+        posed model point within the radius (``poses``, default the current ones), the one that best
+        explains the point's position and colour, log p(colour | object) - d^2 / (2 label_sigma_m^2) with
+        d the distance to its nearest model point. Objects of one colour split by distance; a cube's face
+        that the model lacks (hidden at the first frame) goes to the cube of its colour, not the nearest."""
+        poses = self.poses if poses is None else poses
+        ids = np.array(list(poses), int)
+        score = np.full((len(points), len(ids)), -np.inf)
+        nearest = np.zeros((len(points), len(ids)), int)
+        for j, k in enumerate(ids):
+            R, t = poses[k]
+            dist, nearest[:, j] = cKDTree(self.models[k] @ R.T + t).query(points, distance_upper_bound=radius)
+            score[:, j] = self.log_colour[k][bins] - 0.5 * (dist / self.cfg["label_sigma_m"]) ** 2
+        if not len(ids):
+            return np.zeros(len(points), int), np.zeros(len(points), int)
+        best = score.argmax(axis=1)
+        found = np.isfinite(score[np.arange(len(points)), best])
+        return np.where(found, ids[best], 0), nearest[np.arange(len(points)), best]
 
     @property
     def next_id(self) -> int:
@@ -149,28 +245,27 @@ class RigidObjects:
                 predicted[k] = (R, t)
         return predicted
 
-    def track(self, points: np.ndarray) -> np.ndarray:
-        """Move every object onto this frame's (N,3) fused points; returns their (N,) ids (0 = none)."""
+    def track(self, points: np.ndarray, bins: np.ndarray) -> np.ndarray:
+        """Move every object onto this frame's (N,3) fused points with (N,) chromaticity bins; returns
+        their (N,) ids (0 = none)."""
         cfg = self.cfg
         poses = self.predict()
         pairs = {k: 0 for k in poses}
         if len(points) and poses:
             for radius in np.geomspace(cfg["icp_radius_m"], cfg["track_radius_m"], cfg["icp_iterations"]):
-                model, ids = self.posed(poses)
-                dist, idx = cKDTree(model).query(points, distance_upper_bound=radius)
-                near = np.isfinite(dist)
+                ids, idx = self.assign(points, bins, radius, poses)
                 for k in poses:
-                    pair = near & (ids[np.minimum(idx, len(model) - 1)] == k)
+                    pair = ids == k
                     pairs[k] = int(pair.sum())
                     if pairs[k] < 10:
                         continue
-                    R, t = kabsch(model[idx[pair]], points[pair])
                     Rk, tk = poses[k]
+                    R, t = kabsch(self.models[k][idx[pair]] @ Rk.T + tk, points[pair])
                     poses[k] = (R @ Rk, R @ tk + t)
         self.previous, self.poses = self.poses, poses
         for k in [k for k, n in pairs.items() if n < 10]:
             self.relocalise(k, points)
-        return self.label(points)
+        return self.label(points, bins)
 
     def relocalise(self, k: int, points: np.ndarray) -> None:
         """Re-find object k, which no fused point supports at its predicted pose (it fell or was struck
@@ -219,20 +314,16 @@ class RigidObjects:
         if best[1] is not None:
             self.poses[k] = self.previous[k] = best[1]
 
-    def label(self, points: np.ndarray) -> np.ndarray:
-        """(N,) ids of fused points: the nearest posed model point within ``track_radius_m``. Points left
+    def label(self, points: np.ndarray, bins: np.ndarray) -> np.ndarray:
+        """(N,) ids of fused points with (N,) chromaticity bins: ``assign`` within ``track_radius_m``. Points left
         over are grouped into components; one within ``reattach_radius_m`` of an object takes its id (fast
         motion outran the prediction), one further away that holds ``min_points`` becomes a new object."""
         cfg = self.cfg
-        labels = np.zeros(len(points), int)
         if len(points) == 0:
-            return labels
+            return np.zeros(0, int)
+        labels, _ = self.assign(points, bins, cfg["track_radius_m"])
         model, ids = self.posed()
         tree = cKDTree(model) if len(model) else None
-        if tree is not None:
-            dist, idx = tree.query(points, distance_upper_bound=cfg["track_radius_m"])
-            near = np.isfinite(dist)
-            labels[near] = ids[idx[near]]
         far = np.flatnonzero(labels == 0)
         groups = connected_objects(points[far], cfg["voxel_m"], 1)
         for g in range(1, int(groups.max()) + 1 if len(groups) else 1):
@@ -245,21 +336,18 @@ class RigidObjects:
             if len(members) >= cfg["min_points"]:
                 new = self.next_id
                 labels[members] = new
-                self.models[new], self.poses[new] = points[members], (np.eye(3), np.zeros(3))
+                self.add(points[members], bins[members], np.full(len(members), new))
         return labels
 
 
-def label_view(points: np.ndarray, flat: np.ndarray, shape: tuple[int, int], labelled: cKDTree | None,
-               labels: np.ndarray, cfg: dict) -> np.ndarray:
-    """(H,W) ids of one view from its pixels' world ``points`` (measured or filled, at ``flat`` indices):
-    a point above the table within ``label_radius_m`` of a labelled point takes that point's id. The
-    pixel's own depth decides what it sees, so occluded objects do not paint over the ones in front."""
+def label_view(points: np.ndarray, bins: np.ndarray, flat: np.ndarray, shape: tuple[int, int],
+               objects: RigidObjects, cfg: dict) -> np.ndarray:
+    """(H,W) ids of one view from its pixels' world ``points`` and chromaticity ``bins`` (at ``flat``
+    indices): a point above the table takes the id ``objects.assign`` gives it within ``label_radius_m``.
+    The pixel's own depth decides what it sees, so occluded objects do not paint over the ones in front."""
     image = np.zeros(shape[0] * shape[1], np.uint16)
-    if labelled is not None:
-        above = points[:, 2] > cfg["table_clearance_m"] / 2
-        dist, idx = labelled.query(points[above], distance_upper_bound=cfg["label_radius_m"])
-        near = np.isfinite(dist)
-        image[flat[above][near]] = labels[idx[near]]
+    above = points[:, 2] > cfg["table_clearance_m"] / 2
+    image[flat[above]] = objects.assign(points[above], bins[above], cfg["label_radius_m"])[0]
     return image.reshape(shape)
 
 
@@ -353,34 +441,49 @@ def refine_view(near_ids: np.ndarray, decided: np.ndarray, table: np.ndarray, p_
 
 
 class FusedFrames:
-    """The fused foreground points of an episode, frame by frame, from its depth artifact."""
+    """The fused foreground points of an episode, frame by frame, from its depth artifact (and, to split
+    touching objects at the first frame, its (C,T,H,W,3) colour frames)."""
 
-    def __init__(self, depth_art, T_cw: np.ndarray, cfg: dict, source: str):
+    def __init__(self, depth_art, colour, T_cw: np.ndarray, cfg: dict, source: str):
         self.source = source  # the depth artifact's path, for messages
-        self.depth, self.confidence = depth_art["depth"], depth_art["confidence"]
+        self.depth, self.confidence, self.colour = depth_art["depth"], depth_art["confidence"], colour
         self.K, self.T_cw, self.cfg = depth_art["K"][:], T_cw, cfg
         self.min_conf = self.confidence.attrs["measured"] if cfg["measured_only"] else 1
 
-    def __call__(self, t: int):
-        """Frame t's (C,H,W) depths, each view's (world points, flat pixel indices), and the (N,3) fused,
-        carved foreground points of all views."""
+    def fuse(self, t: int):
+        """Frame t's (C,H,W) depths; per view its pixels' (world points, flat pixel indices, chromaticity
+        bins) and the mask of those points that are fused: in the foreground and not carved away."""
         cfg, K, T_cw = self.cfg, self.K, self.T_cw
-        depths, confidence = self.depth[:, t], self.confidence[:, t]
-        per_view = [world_points(depths[c], K[c], T_cw[c]) for c in range(len(K))]
+        depths, confidence, colour = self.depth[:, t], self.confidence[:, t], np.asarray(self.colour[:, t])
+        per_view = []
+        for c in range(len(K)):
+            points, flat = world_points(depths[c], K[c], T_cw[c])
+            per_view.append((points, flat, chromaticity_bins(colour[c].reshape(-1, 3)[flat])))
         fused = [foreground(p, cfg) & (confidence[c].ravel()[flat] >= self.min_conf)
-                 for c, (p, flat) in enumerate(per_view)]
-        for c, ((p, _), m) in enumerate(zip(per_view, fused)):
+                 for c, (p, flat, _) in enumerate(per_view)]
+        for c, ((p, _, _), m) in enumerate(zip(per_view, fused)):
             m[m] = carve(p[m], c, depths, K, T_cw, cfg["carve_margin_m"], cfg["carve_votes"])
-        return depths, per_view, np.concatenate([p[m] for (p, _), m in zip(per_view, fused)])
+        return depths, per_view, fused
+
+    def __call__(self, t: int):
+        """Frame t's (C,H,W) depths, per view (world points, flat pixel indices, chromaticity bins) of its
+        pixels with depth, and the (N,3) fused, carved foreground points of all views with their (N,) bins."""
+        depths, per_view, fused = self.fuse(t)
+        points = np.concatenate([p[m] for (p, _, _), m in zip(per_view, fused)])
+        bins = np.concatenate([b[m] for (_, _, b), m in zip(per_view, fused)])
+        return depths, per_view, points, bins
 
     def first_objects(self):
-        """The first frame as from ``self(0)``, with the fused points' object labels (3D connectivity)."""
-        depths, per_view, points = self(0)
-        labels = connected_objects(points, self.cfg["voxel_m"], self.cfg["min_points"])
+        """The first frame as from ``self(0)``, with the fused points' object labels: 3D connectivity,
+        then each connected object cut where its colours split (``split_by_colour``)."""
+        cfg = self.cfg
+        depths, per_view, points, bins = self(0)
+        labels = connected_objects(points, cfg["voxel_m"], cfg["min_points"])
         if not labels.any():
             raise MasksError(f"{self.source}: nothing stands above the table in any view at the first "
-                             f"frame (clearance {self.cfg['table_clearance_m']} m); is the calibration right?")
-        return depths, per_view, points, labels
+                             f"frame (clearance {cfg['table_clearance_m']} m); is the calibration right?")
+        labels = split_by_colour(points, bins, labels, cfg["min_points"], cfg["colour_split_overlap"])
+        return depths, per_view, points, bins, labels
 
 
 def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, int]:
@@ -392,15 +495,13 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
     counts = np.zeros(T, int)
     for t in tqdm(range(T), desc="masks (fused)", unit="frame", file=sys.stderr):
         if t == 0:
-            depths, per_view, points, first = frames.first_objects()
-            objects.add(points, first)
-            labels = objects.label(points)
+            depths, per_view, points, bins, first = frames.first_objects()
+            objects.add(points, bins, first)
+            labels = objects.label(points, bins)
         else:
-            depths, per_view, points = frames(t)
-            labels = objects.track(points)
-        model, model_ids = objects.posed()
-        labelled = cKDTree(model) if len(model) else None
-        views = np.stack([label_view(p, flat, (H, W), labelled, model_ids, cfg) for p, flat in per_view])
+            depths, per_view, points, bins = frames(t)
+            labels = objects.track(points, bins)
+        views = np.stack([label_view(p, b, flat, (H, W), objects, cfg) for p, flat, b in per_view])
         if parallax is not None:
             frame_colour = colour[:, t]
             decided, table = parallax.classify(frame_colour, depths)
@@ -425,7 +526,7 @@ def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: 
     if capture["color"].shape[:4] != (C, T, H, W):
         raise MasksError(f"{capture_path}: colour frames {capture['color'].shape[:4]} do not match the depth "
                          f"{(C, T, H, W)} of {depth_path}")
-    frames = FusedFrames(depth_art, cal["T_cw_color"][:], cfg, str(depth_path))
+    frames = FusedFrames(depth_art, capture["color"], cal["T_cw_color"][:], cfg, str(depth_path))
     backend = cfg["backend"]
     if backend == "sam2":
         from . import sam2_masks  # torch and sam2 are imported only when asked for

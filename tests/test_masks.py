@@ -9,14 +9,14 @@ from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import look_at_T_cw, intrinsics_from_hfov, project
-from pipeline.masks import (MasksError, RigidObjects, TableParallax, connected_objects, kabsch,
-                            object_colour_probability, write_masks)
+from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, connected_objects, kabsch,
+                            object_colour_probability, split_by_colour, write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
 
 CFG = {"voxel_m": 0.006, "min_points": 20, "track_radius_m": 0.015, "reattach_radius_m": 0.05,
-       "icp_iterations": 8, "icp_radius_m": 0.03, "relocalise_radius_m": 0.1}
+       "icp_iterations": 8, "icp_radius_m": 0.03, "relocalise_radius_m": 0.1, "label_sigma_m": 0.01}
 
 
 def _box(centre, rng, n=400, size=(0.04, 0.04, 0.08)):
@@ -33,6 +33,55 @@ def test_connected_objects_separates_and_drops_noise():
     assert (labels[6000:] == 0).all()
 
 
+def _cube_colours(points, colours, rng):
+    """(N,3) uint8 colours: the noisy colour of the level (4.5 cm cubes stacked on z) each point is at."""
+    level = np.clip((points[:, 2] / 0.045).astype(int), 0, len(colours) - 1)
+    base = np.asarray(colours, float)[level] * rng.uniform(0.5, 1.0, (len(points), 1))  # shading
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_split_by_colour_cuts_a_stack_but_not_a_patterned_object():
+    """A stack of three touching cubes (red, green, blue; offset as they would stand) becomes three
+    objects; a pin-like column with red bands on white, and a blue/yellow checked box, stay whole."""
+    rng = np.random.default_rng(5)
+    stack = np.concatenate([_box([0.005 * i, -0.004 * i, 0.0225 + 0.045 * i], rng, 1500, (0.045,) * 3)
+                            for i in range(3)])
+    stack_colour = _cube_colours(stack, [[200, 40, 40], [40, 150, 60], [40, 70, 190]], rng)
+    column = _box([0.2, 0, 0.06], rng, 3000, (0.03, 0.03, 0.12))
+    band = ((column[:, 2] > 0.05) & (column[:, 2] < 0.08) & (column[:, 2] % 0.012 < 0.006))
+    column_colour = np.where(band[:, None], [200, 30, 30], [235, 235, 230]).astype(np.uint8)
+    checked = _box([-0.2, 0, 0.03], rng, 2000, (0.06, 0.06, 0.06))
+    check = (np.floor(checked / 0.02).astype(int).sum(axis=1) % 2).astype(bool)
+    checked_colour = np.where(check[:, None], [30, 40, 160], [230, 200, 40]).astype(np.uint8)
+    points = np.concatenate([stack, column, checked])
+    bins = chromaticity_bins(np.concatenate([stack_colour, column_colour, checked_colour]))
+    labels = split_by_colour(points, bins, connected_objects(points, 0.006, 20), 100, 0.4)
+    for i in range(3):  # each cube one label, all different
+        cube = labels[1500 * i:1500 * (i + 1)]
+        assert (cube == np.bincount(cube).argmax()).mean() > 0.97, i
+    assert len({np.bincount(labels[1500 * i:1500 * (i + 1)]).argmax() for i in range(3)}) == 3
+    assert len(set(labels[4500:7500])) == 1 and len(set(labels[7500:])) == 1
+    assert len(set(labels)) == 5
+
+
+def test_colour_gives_a_face_missing_from_the_model_to_its_own_object():
+    """A red cube on a green one tips over: its underside, absent from its model (hidden at the first
+    frame), is nearer the green cube's top than any red model point, and goes to the red cube by colour.
+    Were both cubes grey, it would go to the nearer one."""
+    rng = np.random.default_rng(6)
+    green, red = _box([0, 0, 0.0225], rng, 2000, (0.045,) * 3), _box([0, 0, 0.0675], rng, 2000, (0.045,) * 3)
+    red_seen = red[red[:, 2] > 0.06]  # the underside and the lowest 15 mm were hidden
+    points = np.concatenate([green, red_seen])
+    labels = np.repeat([1, 2], [len(green), len(red_seen)])
+    underside = rng.uniform(-0.0225, 0.0225, (200, 3)) * [1, 1, 0] + [0, 0, 0.047]
+    for colours, underside_colour, expected in (([[40, 150, 60], [200, 40, 40]], [200, 40, 40], 2),
+                                                ([[128, 128, 128], [128, 128, 128]], [128, 128, 128], 1)):
+        objects = RigidObjects(CFG)
+        objects.add(points, chromaticity_bins(np.asarray(colours)[labels - 1]), labels)
+        ids, _ = objects.assign(underside, chromaticity_bins(np.tile(underside_colour, (200, 1))), 0.03)
+        assert (ids == expected).mean() > 0.95, colours
+
+
 def test_kabsch_recovers_a_rigid_motion():
     rng = np.random.default_rng(1)
     src = rng.normal(size=(50, 3))
@@ -47,18 +96,19 @@ def test_ids_follow_fast_objects_that_pass_close_to_each_other():
     rng = np.random.default_rng(2)
     shape = _box([0, 0, 0], rng)
     objects = RigidObjects(CFG)
+    grey = np.zeros(800, int)  # one colour: the ids must follow from geometry alone
     for t in range(7):
         spin = Rotation.from_rotvec([0, 0, 0.3 * t]).as_matrix()
         a = shape @ spin.T + [-0.2 + 0.03 * t, 0, 0.05]
         b = shape @ spin.T + [0.2 - 0.03 * t, 0.005, 0.05]
         pts = np.concatenate([a, b]) + rng.normal(0, 0.001, (800, 3))
         if t == 0:
-            objects.add(pts, connected_objects(pts, CFG["voxel_m"], CFG["min_points"]))
-            labels = objects.label(pts)
+            objects.add(pts, grey, connected_objects(pts, CFG["voxel_m"], CFG["min_points"]))
+            labels = objects.label(pts, grey)
             first = labels[0], labels[400]
             assert first[0] != first[1]
         else:
-            labels = objects.track(pts)
+            labels = objects.track(pts, grey)
         assert (labels[:400] == first[0]).mean() > 0.99 and (labels[400:] == first[1]).mean() > 0.99, t
     assert objects.next_id == 3  # no spurious new objects
     R, t = objects.poses[first[0]]
@@ -73,10 +123,11 @@ def _topple(relocalise_radius_m):
     standing = shape + [0, 0, 0.04]
     lying = shape @ Rotation.from_rotvec([np.pi / 2, 0, 0]).as_matrix().T + [0.09, 0.02, 0.02]
     objects = RigidObjects({**CFG, "relocalise_radius_m": relocalise_radius_m})
-    objects.add(standing, connected_objects(standing, CFG["voxel_m"], CFG["min_points"]))
-    objects.label(standing)
-    objects.track(standing + rng.normal(0, 0.001, standing.shape))
-    return objects, lying, objects.track(lying + rng.normal(0, 0.001, lying.shape))
+    grey = np.zeros(len(shape), int)
+    objects.add(standing, grey, connected_objects(standing, CFG["voxel_m"], CFG["min_points"]))
+    objects.label(standing, grey)
+    objects.track(standing + rng.normal(0, 0.001, standing.shape), grey)
+    return objects, lying, objects.track(lying + rng.normal(0, 0.001, lying.shape), grey)
 
 
 def test_a_toppled_object_is_relocalised_and_keeps_its_id():
