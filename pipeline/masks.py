@@ -10,11 +10,12 @@ into one point cloud per frame; points that other cameras see through (free spac
 At the first frame the cloud is split into objects by 3D connectivity (voxels sharing a face, edge or
 corner) and colour; each object keeps these points as a rigid model (``RigidObjects``) whose pose is tracked
 through the later frames by ICP against the fused cloud from a constant-velocity prediction. Each
-pixel takes the id of the posed model point nearest its own 3D point, so occlusion is decided by the
-view's depth and one object has one id in every view. The masks are then cut to the image-space
-foreground (``TableParallax``: pixels whose colour disagrees with the table point behind them as the
-other views see it, with a per-frame colour model of object against table where that cannot decide or
-is fooled), which follows silhouettes at the colour image's resolution.
+pixel takes the id of the object that best explains its own 3D point and its colour (``assign``), so
+occlusion is decided by the view's depth and one object has one id in every view. The masks are then
+cut to the image-space foreground (``TableParallax``: pixels whose colour disagrees with the table point
+behind them as the other views see it, with a per-frame colour model of object against table where
+that cannot decide, is fooled, or says table where the pixel's own depth stands above it), which
+follows silhouettes at the colour image's resolution.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -506,6 +507,12 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
             frame_colour = colour[:, t]
             decided, table = parallax.classify(frame_colour, depths)
             near_ids = np.stack([nearest_ids(v, cfg["fill_px"]) for v in views])
+            # Where a pixel's own depth stands above the table, a table vote of the parallax is doubtful (the
+            # face of a box just above its base shows the colour the others see there): colour decides.
+            height = np.zeros((C, H * W))
+            for c, (p, flat, _) in enumerate(per_view):
+                height[c, flat] = p[:, 2]
+            decided &= ~(table & (height.reshape(C, H, W) > cfg["table_clearance_m"]))
             p_object = object_colour_probability(frame_colour, decided, table, near_ids > 0)
             views = np.stack([refine_view(near_ids[c], decided[c], table[c], p_object[c], cfg["colour_override_p"])
                               for c in range(C)])
