@@ -108,12 +108,13 @@ def chromaticity_bins(colour: np.ndarray) -> np.ndarray:
     return q[:, 0] * CHROMA_BINS + q[:, 1]
 
 
-def colour_cut(points: np.ndarray, bins: np.ndarray, n_bins: int, min_points: int):
-    """The plane cutting (N,3) points into two sides whose colours differ most: (overlap, normal, offset),
-    or (1, None, None) when no side can hold ``min_points``. Overlap is the share of the smaller side's
-    points whose chromaticity bin the other side also fills as often (0: disjoint colours, 1: the smaller
-    side's colours all occur across the cut). Normals: vertical, horizontal and 45 degrees up, every 15
-    degrees of azimuth (objects stand on the table, so stacks and rows meet in such planes)."""
+def colour_cut(points: np.ndarray, bins: np.ndarray, min_points: int):
+    """The plane cutting (N,3) points with (N,) chromaticity bins into two sides whose colours differ
+    most: (overlap, normal, offset), or (1, None, None) when no side can hold ``min_points``. Overlap is
+    the share of the smaller side's points whose bin the other side also fills as often (0: disjoint
+    colours, 1: the smaller side's colours all occur across the cut). Normals: vertical, horizontal and
+    45 degrees up, every 15 degrees of azimuth (objects stand on the table, so stacks and rows meet in
+    such planes)."""
     best = (1.0, None, None)
     k = np.arange(min_points, len(points) - min_points + 1)
     if len(k) == 0:
@@ -121,6 +122,7 @@ def colour_cut(points: np.ndarray, bins: np.ndarray, n_bins: int, min_points: in
     normals = [np.array([0.0, 0.0, 1.0])]
     for a in np.arange(12) * np.pi / 12:
         normals += [np.array([np.cos(a), np.sin(a), 0.0]), np.array([np.cos(a), np.sin(a), 1.0]) / np.sqrt(2)]
+    n_bins = CHROMA_BINS**2
     onehot = np.eye(n_bins, dtype=np.int32)
     for n in normals:
         s = points @ n
@@ -145,7 +147,7 @@ def split_by_colour(points: np.ndarray, bins: np.ndarray, labels: np.ndarray, mi
     todo = [np.flatnonzero(labels == k) for k in range(1, int(labels.max(initial=0)) + 1)]
     while todo:
         members = todo.pop()
-        overlap, normal, offset = colour_cut(points[members], bins[members], CHROMA_BINS**2, min_points)
+        overlap, normal, offset = colour_cut(points[members], bins[members], min_points)
         if normal is None or overlap > max_overlap:
             parts.append(members)
             continue
@@ -158,8 +160,8 @@ def split_by_colour(points: np.ndarray, bins: np.ndarray, labels: np.ndarray, mi
 
 
 def colour_log_likelihood(bins: np.ndarray) -> np.ndarray:
-    """(CHROMA_BINS**2,) log p(chromaticity bin | object) from its points' (M,) bins: counts spread over the
-    neighbouring bins (noise moves a colour across a bin edge), one count more in every bin so that an
+    """(CHROMA_BINS**2,) log p(chromaticity bin | object) from its points' (M,) bins: counts spread over
+    the neighbouring bins (noise moves a colour across a bin edge), one count more in every bin so that an
     unseen colour is unlikely but not impossible."""
     counts = np.bincount(bins, minlength=CHROMA_BINS**2).reshape(CHROMA_BINS, CHROMA_BINS).astype(np.float64)
     counts = ndimage.uniform_filter(counts, 3, mode="constant") * 9 + 1
@@ -179,10 +181,11 @@ class RigidObjects:
     """Objects as rigid point models tracked through the frames.
 
     Each object keeps the (M,3) world points it had when first seen (its model), their colours (as a
-    chromaticity histogram) and a pose (R, t) that carries them to the current frame. Tracking a frame: predict every pose at constant velocity, then
-    refine all poses jointly by ICP against the frame's fused points (each point pairs with the object
-    that ``assign`` gives it, at that object's nearest model point, within a radius shrinking from
-    ``icp_radius_m`` to ``track_radius_m``; one Kabsch fit per object and step). Because the models never absorb this frame's points, a
+    chromaticity histogram) and a pose (R, t) that carries them to the current frame. Tracking a frame:
+    predict every pose at constant velocity, then refine all poses jointly by ICP against the frame's
+    fused points (each point pairs with the object that ``assign`` gives it, at that object's nearest
+    model point, within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``; one Kabsch fit
+    per object and step). Because the models never absorb this frame's points, a
     mislabelled point cannot leak into an object and carry its id on to later frames.
     """
 
@@ -208,6 +211,8 @@ class RigidObjects:
         d the distance to its nearest model point. Objects of one colour split by distance; a cube's face
         that the model lacks (hidden at the first frame) goes to the cube of its colour, not the nearest."""
         poses = self.poses if poses is None else poses
+        if not poses:
+            return np.zeros(len(points), int), np.zeros(len(points), int)
         ids = np.array(list(poses), int)
         score = np.full((len(points), len(ids)), -np.inf)
         nearest = np.zeros((len(points), len(ids)), int)
@@ -215,8 +220,6 @@ class RigidObjects:
             R, t = poses[k]
             dist, nearest[:, j] = cKDTree(self.models[k] @ R.T + t).query(points, distance_upper_bound=radius)
             score[:, j] = self.log_colour[k][bins] - 0.5 * (dist / self.cfg["label_sigma_m"]) ** 2
-        if not len(ids):
-            return np.zeros(len(points), int), np.zeros(len(points), int)
         best = score.argmax(axis=1)
         found = np.isfinite(score[np.arange(len(points)), best])
         return np.where(found, ids[best], 0), nearest[np.arange(len(points)), best]
@@ -316,9 +319,10 @@ class RigidObjects:
             self.poses[k] = self.previous[k] = best[1]
 
     def label(self, points: np.ndarray, bins: np.ndarray) -> np.ndarray:
-        """(N,) ids of fused points with (N,) chromaticity bins: ``assign`` within ``track_radius_m``. Points left
-        over are grouped into components; one within ``reattach_radius_m`` of an object takes its id (fast
-        motion outran the prediction), one further away that holds ``min_points`` becomes a new object."""
+        """(N,) ids of fused points with (N,) chromaticity bins: ``assign`` within ``track_radius_m``.
+        Points left over are grouped into components; one within ``reattach_radius_m`` of an object takes
+        its id (fast motion outran the prediction), one further away that holds ``min_points`` becomes a
+        new object."""
         cfg = self.cfg
         if len(points) == 0:
             return np.zeros(0, int)

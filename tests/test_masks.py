@@ -225,8 +225,8 @@ def test_masks_stage_on_a_small_episode(bowling_episode, default_config, small_c
     assert run_module("pipeline.depth", "--capture", str(bowling_episode[0]), "--spec", spec,
                       "--out", str(depth)).returncode == 0
     _calibration_from(bowling_episode[1], cal, names)
-    result = run_module("pipeline.masks", "--capture", str(bowling_episode[0]), "--depth", str(depth), "--calibration", str(cal), "--spec", spec,
-                        "--out", str(masks))
+    result = run_module("pipeline.masks", "--capture", str(bowling_episode[0]), "--depth", str(depth),
+                        "--calibration", str(cal), "--spec", spec, "--out", str(masks))
     assert result.returncode == 0, result.stderr
     art = open_artifact(masks, "masks")
     assert art["ids"].shape == cap["color"].shape[:4]
