@@ -218,8 +218,14 @@ class RigidObjects:
         nearest = np.zeros((len(points), len(ids)), int)
         for j, k in enumerate(ids):
             R, t = poses[k]
-            dist, nearest[:, j] = cKDTree(self.models[k] @ R.T + t).query(points, distance_upper_bound=radius)
-            score[:, j] = self.log_colour[k][bins] - 0.5 * (dist / self.cfg["label_sigma_m"]) ** 2
+            model = self.models[k] @ R.T + t
+            # Only points within the model's bounding sphere grown by the radius can have a model point
+            # within the radius: the others keep score -inf without a query.
+            centre = model.mean(axis=0)
+            reach = np.sqrt(((model - centre) ** 2).sum(axis=1).max()) + radius + 1e-9
+            near = np.flatnonzero(((points - centre) ** 2).sum(axis=1) <= reach**2)
+            dist, nearest[near, j] = cKDTree(model).query(points[near], distance_upper_bound=radius)
+            score[near, j] = self.log_colour[k][bins[near]] - 0.5 * (dist / self.cfg["label_sigma_m"]) ** 2
         best = score.argmax(axis=1)
         found = np.isfinite(score[np.arange(len(points)), best])
         return np.where(found, ids[best], 0), nearest[np.arange(len(points)), best]
