@@ -51,7 +51,8 @@ def test_object_poses_follow_a_fast_rigid_motion():
     rng = np.random.default_rng(1)
     cube = rng.uniform(-0.02, 0.02, (800, 3)) * [1, 1, 1]
     cube[np.arange(800), rng.integers(0, 3, 800)] = rng.choice([-0.02, 0.02], 800)  # on the faces
-    cfg = {"prealign_radius_m": 0.03, "prealign_iterations": 10, "prealign_min_share": 0.25}
+    cfg = {"prealign_radius_m": 0.03, "prealign_plane_radius_m": 0.01, "prealign_iterations": 10,
+           "prealign_min_share": 0.25}
     poses = ObjectPoses({1: cube}, cfg)
     step = make_T(Rotation.from_euler("z", 8, degrees=True).as_matrix(), [0.04, 0.0, 0.0])
     truth = np.eye(4)
