@@ -5,9 +5,9 @@
         --calibration results/bowling/calibration.zarr --config config.yaml --scene bowling \\
         --out results/bowling/tracking/train_0000.zarr
 
-First frame: the masked depth of all views is lifted into the world, voxel-averaged and made into
-isotropic Gaussians (colour from the pixels, size from the neighbour spacing, the mask's object id as the
-Gaussian's segmentation label). Colours, opacities, scales, positions and rotations are then optimised
+First frame: the masked depth of all views, less a margin along the mask edges, is lifted into the
+world, voxel-averaged and made into isotropic Gaussians (colour from the pixels, size from the neighbour
+spacing, the mask's object id as the Gaussian's segmentation label). Colours, opacities, scales, positions and rotations are then optimised
 against all views (0.8 L1 + 0.2 D-SSIM on colour, plus L1 of the rendered per-object colours against the
 masks), with pruning of transparent Gaussians and densification where the positional gradient is large.
 The table and background are a fixed image per view (the median of the pixels the masks call background
@@ -31,6 +31,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import maximum_filter, minimum_filter
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
@@ -161,11 +162,25 @@ def masked_view_points(depth, ids, K, T_cw, stride: int = 1):
         yield p, flat, ids[c].ravel()[flat].astype(np.int64)
 
 
-def initial_points(depth, ids, colour, K, T_cw, voxel: float):
+def mask_interior(ids: np.ndarray, margin: int) -> np.ndarray:
+    """(C,H,W) mask ids with every pixel within ``margin`` pixels of a change of id (between objects, or
+    object and background) set to 0."""
+    if margin == 0:
+        return ids
+    size = 2 * margin + 1
+    edge = np.stack([maximum_filter(v, size) != minimum_filter(v, size) for v in ids])
+    return np.where(edge, 0, ids)
+
+
+def initial_points(depth, ids, colour, K, T_cw, voxel: float, margin: int):
     """Masked depth of all views at one frame -> voxel-averaged (P,3) world points, (P,3) colours in [0, 1]
-    and (P,) mask ids (the most common id of each voxel)."""
+    and (P,) mask ids (the most common id of each voxel). Pixels within ``margin`` of a mask edge are left
+    out: there the depth is the least sure (a silhouette's depth fattens, a seam's pixels mix two objects)
+    and the mask's edge is a pixel either way, so Gaussians started there straddle objects (cube_stacks
+    val_0000: the voxels' ids match the nearest true object for 0.959 of the points from all pixels,
+    0.996 with a 1-pixel margin, 0.9997 with 2); the other views and densification cover the edges."""
     pts, cols, labs = [], [], []
-    for c, (p, flat, lab) in enumerate(masked_view_points(depth, ids, K, T_cw)):
+    for c, (p, flat, lab) in enumerate(masked_view_points(depth, mask_interior(ids, margin), K, T_cw)):
         pts.append(p)
         cols.append(colour[c].reshape(-1, 3)[flat] / 255.0)
         labs.append(lab)
@@ -459,7 +474,8 @@ def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibrat
         raise TrackingError(f"{masks_path}: no object in any mask; nothing to track")
     views = Views(K, T_cw, background_images(colour, ids), cfg["backend"])
     depth0 = depth_art["depth"][:, 0]
-    points, cols, labels = initial_points(depth0, ids[:, 0], colour[:, 0], K, T_cw, cfg["init_voxel_m"])
+    points, cols, labels = initial_points(depth0, ids[:, 0], colour[:, 0], K, T_cw, cfg["init_voxel_m"],
+                                          cfg["init_margin_px"])
     if len(points) < 10:
         raise TrackingError(f"{masks_path}: frame 0 has {len(points)} masked pixels with depth in "
                             f"{depth_path}; need at least 10 to start Gaussians")

@@ -15,7 +15,8 @@ from pipeline.labels import robust_motion
 from pipeline.quality.ids import id_figures
 from pipeline.quality.labels import label_figures
 from pipeline.quality.tracking import tracking_figures
-from pipeline.tracking import ObjectPoses, TrackingError, _icp, _icp_plane, point_normals, write_tracking
+from pipeline.tracking import (ObjectPoses, TrackingError, _icp, _icp_plane, mask_interior, point_normals,
+                               write_tracking)
 
 from .conftest import run_module
 from .test_masks import _calibration_from
@@ -92,6 +93,15 @@ def test_point_to_plane_holds_a_noisy_box_rotation():
     assert np.linalg.norm(fine[:3, 3] - truth[:3, 3]) < 1e-3
 
 
+def test_mask_interior_drops_seams_and_silhouettes():
+    ids = np.zeros((1, 9, 8), np.int32)
+    ids[0, 1:5, 1:7], ids[0, 5:8, 1:7] = 1, 2   # object 1 stacked on object 2
+    inner = mask_interior(ids, 1)[0]
+    assert inner[2:4, 2:6].tolist() == [[1] * 4] * 2 and (inner[6, 2:6] == 2).all()
+    assert (inner[[1, 4, 5, 7]] == 0).all() and (inner[:, [1, 6]] == 0).all()
+    assert mask_interior(ids, 0) is ids
+
+
 @pytest.fixture(scope="module")
 def episode_inputs(bowling_episode, default_config, small_config, tmp_path_factory):
     """depth (sensor), calibration (true poses) and fused masks of the small bowling episode."""
@@ -114,6 +124,7 @@ def _fast(default_config) -> dict:
     cfg = json.loads(json.dumps(default_config["tracking"]))
     cfg["first_frame"]["iterations"] = 30
     cfg["track"]["iterations"] = 3
+    cfg["init_margin_px"] = 1  # 160x120 images: a pin is a few pixels wide
     return cfg
 
 
