@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .artifact import ArtifactWriter, open_artifact, put
 from .config import stage_main
-from .geometry import make_T, transform_points
+from .geometry import invert_T, make_T, transform_points
 from .masks import kabsch, world_points
 from .splat import quat_to_rotmat, render, resolve_backend
 
@@ -324,7 +324,8 @@ def _icp(model: np.ndarray, target: np.ndarray, T: np.ndarray, radius: float, st
 
 def point_normals(points: np.ndarray, k: int = 12) -> np.ndarray:
     """(N,3) unit normals (sign arbitrary) of (N,3) points: each point's k nearest neighbours' axis of least
-    spread. k = 12 at the masked depth's spacing spans a few millimetres, below a cube's edge rounding."""
+    spread. k = 12 spans a few millimetres of the masked depth, small against a cube's face (on cube_stacks
+    val_0000, 24 or 40 neighbours left the pre-alignment's rotation error larger)."""
     _, j = cKDTree(points).query(points, min(k, len(points)))
     nb = points[j] - points[j].mean(axis=1, keepdims=True)
     return np.linalg.eigh(np.einsum("nki,nkj->nij", nb, nb))[1][:, :, 0]
@@ -391,7 +392,7 @@ class ObjectPoses:
                         for start in (predicted, shift @ predicted)]
                 pose = _icp_plane(model, self.normals[k], target, min(fits, key=lambda f: f[1])[0],
                                   self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"])
-            moved[k] = pose @ np.linalg.inv(self.poses[k])
+            moved[k] = pose @ invert_T(self.poses[k])
             self.velocity[k], self.poses[k] = moved[k], pose
         return moved
 
