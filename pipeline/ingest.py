@@ -25,6 +25,7 @@ ride along as ``T_cw_color``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
 import sys
@@ -127,7 +128,7 @@ def read_recording(camera: str, path: str, timeout_s: float = 600.0) -> Recordin
         name = "unknown RealSense device"
 
     rec = Recording(camera, str(path), name, {})
-    profiles, sensors, lock = {}, [], threading.Lock()
+    profiles, sensors, lock, seen = {}, [], threading.Lock(), {}
     domains: set[str] = set()
     errors: list[Exception] = []  # raised in playback's thread, reported here
 
@@ -141,9 +142,13 @@ def read_recording(camera: str, path: str, timeout_s: float = 600.0) -> Recordin
             with lock:
                 errors.append(e)
             return
+        key = (frame.get_timestamp() / 1000.0, frame.get_frame_number())
         with lock:
+            if key in seen[stream]:  # delivered again after the rewind below
+                return
+            seen[stream].add(key)
             domains.add(str(frame.get_frame_timestamp_domain()).split(".")[-1])
-            rec.frames[stream].append((frame.get_timestamp() / 1000.0, frame.get_frame_number(), image))
+            rec.frames[stream].append((*key, image))
 
     for sensor in device.query_sensors():
         wanted = [p for p in sensor.get_stream_profiles() if _stream_name(p) is not None]
@@ -153,6 +158,7 @@ def read_recording(camera: str, path: str, timeout_s: float = 600.0) -> Recordin
             stream = _stream_name(p)
             profiles[stream] = p
             rec.frames[stream] = []
+            seen[stream] = set()
             vp = p.as_video_stream_profile()
             intr = vp.get_intrinsics()
             rec.intrinsics[stream] = {
@@ -170,8 +176,13 @@ def read_recording(camera: str, path: str, timeout_s: float = 600.0) -> Recordin
     finished = threading.Event()
     # Playback of a short file can start and stop between two polls: listen for the transition instead.
     playback.set_status_changed_callback(lambda status: status == rs.playback_status.stopped and finished.set())
+    # Playback starts with the first sensor started: frames of a sensor not yet started would be lost.
+    # Hold it paused while all start, then rewind to the beginning (frames read meanwhile come twice).
+    playback.pause()
     for sensor in sensors:
         sensor.start(on_frame)
+    playback.seek(datetime.timedelta(0))
+    playback.resume()
     try:
         if not finished.wait(timeout_s):
             raise IngestError(f"camera {camera}: playback of {path} did not finish within {timeout_s:.0f} s")
