@@ -248,7 +248,13 @@ def floor_loss(means, weights: dict) -> torch.Tensor:
 # -- first frame -----------------------------------------------------------------------------------
 
 def fit_first_frame(g: Gaussians, views: Views, frame: Frame, n_ids: int, cfg: dict) -> dict:
-    """Optimise all parameters of ``g`` against the first frame (in place); returns fit figures."""
+    """Optimise all parameters of ``g`` against the first frame (in place); returns fit figures.
+
+    The positions start on the masked depth and move slowly (``lr_means`` 2e-5 m a step): colour, opacity
+    and scale explain the images as well either way (cube_stacks train_0001: PSNR within 0.1 dB of 10x the
+    step), but faster positions carry Gaussians across the seams where objects touch, onto the
+    neighbour's surface while keeping their label (share of Gaussians whose label is the nearest true
+    object: 0.9997 at the start; after the fit 0.978 at 2e-4 m a step, 0.985 at 1e-4, 0.996 at 2e-5)."""
     fc = cfg["first_frame"]
     params = {"means": fc["lr_means"], "quats": fc["lr_quats"], "log_scales": fc["lr_scales"],
               "opacity_logits": fc["lr_opacities"], "colours": fc["lr_colours"]}
