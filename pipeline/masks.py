@@ -351,15 +351,22 @@ class RigidObjects:
         return labels
 
 
-def label_view(points: np.ndarray, bins: np.ndarray, flat: np.ndarray, shape: tuple[int, int],
-               objects: RigidObjects, cfg: dict) -> np.ndarray:
-    """(H,W) ids of one view from its pixels' world ``points`` and chromaticity ``bins`` (at ``flat``
-    indices): a point above the table takes the id ``objects.assign`` gives it within ``label_radius_m``.
-    The pixel's own depth decides what it sees, so occluded objects do not paint over the ones in front."""
-    image = np.zeros(shape[0] * shape[1], np.uint16)
+def label_views(per_view: list, shape: tuple[int, int], objects: RigidObjects, cfg: dict) -> np.ndarray:
+    """(C,H,W) ids of all views from each view's pixels' (world points, flat indices, chromaticity bins):
+    a point above the table takes the id ``objects.assign`` gives it within ``label_radius_m`` (one call
+    for all views, so each object's posed model is searched once). The pixel's own depth decides what it
+    sees, so occluded objects do not paint over the ones in front."""
+    points = np.concatenate([p for p, _, _ in per_view])
+    bins = np.concatenate([b for _, _, b in per_view])
     above = points[:, 2] > cfg["table_clearance_m"] / 2
-    image[flat[above]] = objects.assign(points[above], bins[above], cfg["label_radius_m"])[0]
-    return image.reshape(shape)
+    ids = np.zeros(len(points), np.uint16)
+    ids[above] = objects.assign(points[above], bins[above], cfg["label_radius_m"])[0]
+    images = np.zeros((len(per_view), shape[0] * shape[1]), np.uint16)
+    start = 0
+    for c, (p, flat, _) in enumerate(per_view):
+        images[c, flat] = ids[start:start + len(p)]
+        start += len(p)
+    return images.reshape(len(per_view), *shape)
 
 
 class TableParallax:
@@ -512,7 +519,7 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
         else:
             depths, per_view, points, bins = frames(t)
             labels = objects.track(points, bins)
-        views = np.stack([label_view(p, b, flat, (H, W), objects, cfg) for p, flat, b in per_view])
+        views = label_views(per_view, (H, W), objects, cfg)
         if parallax is not None:
             frame_colour = colour[:, t]
             decided, table = parallax.classify(frame_colour, depths)
