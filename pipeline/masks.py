@@ -15,7 +15,9 @@ occlusion is decided by the view's depth and one object has one id in every view
 cut to the image-space foreground (``TableParallax``: pixels whose colour disagrees with the table point
 behind them as the other views see it, with a per-frame colour model of object against table where
 that cannot decide, is fooled, or says table where the pixel's own depth stands above it), which
-follows silhouettes at the colour image's resolution.
+follows silhouettes at the colour image's resolution. Last, a pixel near another object's pixels takes
+that object's id where its colour model explains the pixel's colour better (``colour_relabel``): where one
+object stands in front of another, the depth smears the near one's id over the far one's edge.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -458,6 +460,30 @@ def refine_view(near_ids: np.ndarray, decided: np.ndarray, table: np.ndarray, p_
     return np.where(fg, near_ids, 0).astype(near_ids.dtype)
 
 
+def colour_relabel(ids: np.ndarray, bins: np.ndarray, log_colour: dict, radius_px: int,
+                   margin: float) -> np.ndarray:
+    """(H,W) ids with each labelled pixel near another object moved to the object, among those labelled
+    within ``radius_px`` of it, whose colour model explains its (H,W) chromaticity bin best, when that beats
+    its own id by more than ``margin`` (nats of log p(colour | object), ``log_colour``). Where one object
+    stands in front of another, the registered depth smears the near one's depth a pixel or two over the
+    far one's edge, so those pixels take the near object's id; their colour says otherwise where the two
+    differ in colour (touching cubes). Objects of one colour keep the depth's decision."""
+    present = [k for k in np.unique(ids) if k > 0]
+    if len(present) < 2 or radius_px == 0:
+        return ids
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
+    score = np.full((len(present), *ids.shape), -np.inf)
+    for j, k in enumerate(present):
+        reach = cv2.dilate((ids == k).astype(np.uint8), kernel) > 0
+        score[j][reach] = log_colour[int(k)][bins[reach]]
+    best = score.argmax(axis=0)
+    own = np.take_along_axis(score, np.searchsorted(present, ids)[None].clip(0, len(present) - 1), 0)[0]
+    better = (ids > 0) & (score.max(axis=0) > own + margin)
+    out = ids.copy()
+    out[better] = np.asarray(present, ids.dtype)[best[better]]
+    return out
+
+
 class FusedFrames:
     """The fused foreground points of an episode, frame by frame, from its depth artifact (and, to split
     touching objects at the first frame, its (C,T,H,W,3) colour frames)."""
@@ -533,6 +559,10 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
             p_object = object_colour_probability(frame_colour, decided, table, near_ids > 0)
             views = np.stack([refine_view(near_ids[c], decided[c], table[c], p_object[c], cfg["colour_override_p"])
                               for c in range(C)])
+        if cfg["relabel_px"]:
+            bins = [chromaticity_bins(colour[c, t].reshape(-1, 3)).reshape(H, W) for c in range(C)]
+            views = np.stack([colour_relabel(views[c], bins[c], objects.log_colour, cfg["relabel_px"],
+                                             cfg["relabel_margin"]) for c in range(C)])
         ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
     return counts, len(objects.models)

@@ -9,8 +9,9 @@ from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import look_at_T_cw, intrinsics_from_hfov, project
-from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, connected_objects, kabsch,
-                            object_colour_probability, split_by_colour, write_masks)
+from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
+                            colour_relabel, connected_objects, kabsch, object_colour_probability, split_by_colour,
+                            write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
@@ -80,6 +81,25 @@ def test_colour_gives_a_face_missing_from_the_model_to_its_own_object():
         objects.add(points, chromaticity_bins(np.asarray(colours)[labels - 1]), labels)
         ids, _ = objects.assign(underside, chromaticity_bins(np.tile(underside_colour, (200, 1))), 0.03)
         assert (ids == expected).mean() > 0.95, colours
+
+
+def test_colour_relabel_returns_a_smeared_seam_to_the_object_of_its_colour():
+    """A yellow cube stands behind a blue one; the depth smeared the blue cube's id over the yellow cube's
+    edge. The smear's pixels within the radius of a yellow-labelled pixel go back to yellow by colour,
+    those further in keep the depth's id (one pass), and between two grey objects nothing moves."""
+    rng = np.random.default_rng(3)
+    for colours, grey in (([[220, 180, 30], [40, 70, 190]], False), ([[128, 128, 128], [120, 120, 120]], True)):
+        colour = np.zeros((20, 40, 3))
+        colour[:, :20], colour[:, 20:] = colours[0], colours[1]
+        colour = np.clip(colour + rng.normal(0, 4, colour.shape), 0, 255).astype(np.uint8)
+        true = np.repeat(np.where(np.arange(40) < 20, 1, 2)[None], 20, axis=0).astype(np.uint16)
+        ids = true.copy()
+        ids[:, 14:20] = 2  # the smear, six pixels wide
+        bins = chromaticity_bins(colour.reshape(-1, 3)).reshape(20, 40)
+        models = {k: colour_log_likelihood(bins[true == k]) for k in (1, 2)}
+        out = colour_relabel(ids, bins, models, radius_px=3, margin=1.0)
+        assert (out == ids).all() if grey else (out[:, 14:17] == 1).all() and (out[:, 17:20] == 2).all(), colours
+        assert (out[:, :14] == 1).all() and (out[:, 20:] == 2).all()
 
 
 def test_kabsch_recovers_a_rigid_motion():
