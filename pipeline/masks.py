@@ -477,6 +477,7 @@ def colour_relabel(ids: np.ndarray, bins: np.ndarray, log_colour: dict, radius_p
         reach = cv2.dilate((ids == k).astype(np.uint8), kernel) > 0
         score[j][reach] = log_colour[int(k)][bins[reach]]
     best = score.argmax(axis=0)
+    # Each pixel's score under its own id (background pixels read some row; they are never moved).
     own = np.take_along_axis(score, np.searchsorted(present, ids)[None].clip(0, len(present) - 1), 0)[0]
     better = (ids > 0) & (score.max(axis=0) > own + margin)
     out = ids.copy()
@@ -546,8 +547,8 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
             depths, per_view, points, bins = frames(t)
             labels = objects.track(points, bins)
         views = label_views(per_view, (H, W), objects, cfg)
+        frame_colour = np.asarray(colour[:, t])
         if parallax is not None:
-            frame_colour = colour[:, t]
             decided, table = parallax.classify(frame_colour, depths)
             near_ids = np.stack([nearest_ids(v, cfg["fill_px"]) for v in views])
             # Where a pixel's own depth stands above the table, a table vote of the parallax is doubtful (the
@@ -560,7 +561,7 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
             views = np.stack([refine_view(near_ids[c], decided[c], table[c], p_object[c], cfg["colour_override_p"])
                               for c in range(C)])
         if cfg["relabel_px"]:
-            bins = [chromaticity_bins(colour[c, t].reshape(-1, 3)).reshape(H, W) for c in range(C)]
+            bins = [chromaticity_bins(frame_colour[c].reshape(-1, 3)).reshape(H, W) for c in range(C)]
             views = np.stack([colour_relabel(views[c], bins[c], objects.log_colour, cfg["relabel_px"],
                                              cfg["relabel_margin"]) for c in range(C)])
         ids[:, t] = views
