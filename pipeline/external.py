@@ -8,8 +8,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from .geometry import make_T, transform_gaussians, transform_points
-from .masks import kabsch
+from .geometry import icp, make_T, transform_gaussians
 from .splat import read_splat_file
 
 
@@ -48,13 +47,7 @@ def gs_dynamics_demo(path) -> dict:
     cloud = read_ply_points(path / "pcd.ply")
     means += cloud.mean(0) - means.mean(0)
     tree = cKDTree(cloud)
-    T = np.eye(4)
-    for radius in np.geomspace(0.05, 0.005, 30):
-        moved = transform_points(T, means)
-        dist, j = tree.query(moved, distance_upper_bound=radius)
-        near = np.isfinite(dist)
-        R, t = kabsch(moved[near], cloud[j[near]])
-        T = make_T(R, t) @ T
+    T = icp(means, tree, np.eye(4), np.geomspace(0.05, 0.005, 30))
     g = move_gaussians({**g, "means": means, "quats": (undo * Rotation.from_quat(g["quats"])).as_quat()}, T)
     return {"K": K, "T_cw": np.linalg.inv(T_wc), "images": images, "masks": masks, "gaussians": g,
             "cloud": cloud, "offset_m": float(np.median(tree.query(g["means"])[0]))}

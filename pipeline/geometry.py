@@ -36,6 +36,31 @@ def transform_points(T: np.ndarray, p: np.ndarray) -> np.ndarray:
     return p @ T[:3, :3].T + T[:3, 3]
 
 
+def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation R and translation t minimising |R src + t - dst| over matched (N,3) point pairs."""
+    cs, cd = src.mean(axis=0), dst.mean(axis=0)
+    U, _, Vt = np.linalg.svd((src - cs).T @ (dst - cd))
+    S = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
+    R = Vt.T @ S @ U.T
+    return R, cd - R @ cs
+
+
+def icp(points: np.ndarray, target, T: np.ndarray, radii) -> np.ndarray:
+    """Point-to-point ICP: refine the (4,4) pose ``T`` of (N,3) ``points`` onto the points of ``target`` (a
+    scipy ``cKDTree``, built once by the caller). Step i pairs each posed point with its nearest target point
+    within ``radii[i]`` metres (a shrinking schedule ignores what lies far off once the pose is close) and
+    moves the pose by the pairs' Kabsch fit; it stops early when fewer than 10 points pair."""
+    for radius in radii:
+        posed = transform_points(T, points)
+        dist, j = target.query(posed, distance_upper_bound=radius)
+        near = np.isfinite(dist)
+        if near.sum() < 10:
+            break
+        R, t = kabsch(posed[near], target.data[j[near]])
+        T = make_T(R, t) @ T
+    return T
+
+
 def transform_gaussians(means: np.ndarray, quats: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N,3) Gaussian centres and (N,4) rotations (x, y, z, w) moved by a rigid (4,4) transform (float64)."""
     moved = transform_points(T, np.asarray(means, np.float64))

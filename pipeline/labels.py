@@ -24,8 +24,7 @@ import numpy as np
 
 from .artifact import ArtifactWriter, open_artifact, put
 from .config import stage_main
-from .geometry import make_T, transform_gaussians
-from .masks import kabsch
+from .geometry import kabsch, make_T, transform_gaussians
 
 
 class LabelsError(RuntimeError):

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .artifact import ArtifactWriter, frame_array, open_artifact, put
 from .config import stage_main
-from .geometry import backproject, invert_T, pixel_rays, project, transform_points
+from .geometry import backproject, icp, invert_T, kabsch, make_T, pixel_rays, project, transform_points
 
 
 class MasksError(RuntimeError):
@@ -168,15 +168,6 @@ def colour_log_likelihood(bins: np.ndarray) -> np.ndarray:
     counts = np.bincount(bins, minlength=CHROMA_BINS**2).reshape(CHROMA_BINS, CHROMA_BINS).astype(np.float64)
     counts = ndimage.uniform_filter(counts, 3, mode="constant") * 9 + 1
     return np.log(counts / counts.sum()).ravel()
-
-
-def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation R and translation t minimising |R src + t - dst| over matched (N,3) point pairs."""
-    cs, cd = src.mean(axis=0), dst.mean(axis=0)
-    U, _, Vt = np.linalg.svd((src - cs).T @ (dst - cd))
-    S = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
-    R = Vt.T @ S @ U.T
-    return R, cd - R @ cs
 
 
 class RigidObjects:
@@ -311,14 +302,8 @@ class RigidObjects:
         best = (cfg["min_points"] - 1, None)
         for tilt in starts:
             R = tilt @ R0
-            t = free_centre - model_centre @ R.T
-            for radius in radii:
-                dist, idx = tree.query(model @ R.T + t, distance_upper_bound=radius)
-                pair = np.isfinite(dist)
-                if pair.sum() < 10:
-                    break
-                dR, dt = kabsch(model[pair] @ R.T + t, free[idx[pair]])
-                R, t = dR @ R, dR @ t + dt
+            T = icp(model, tree, make_T(R, free_centre - model_centre @ R.T), radii)
+            R, t = T[:3, :3], T[:3, 3]
             dist, _ = cKDTree(model @ R.T + t).query(free, distance_upper_bound=cfg["track_radius_m"])
             explained = int(np.isfinite(dist).sum())
             if explained > best[0]:

@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from .artifact import ArtifactWriter, open_artifact, put
 from .config import stage_main
-from .geometry import invert_T, make_T, transform_points
-from .masks import kabsch, world_points
+from .geometry import icp, invert_T, make_T, transform_points
+from .masks import world_points
 from .splat import quat_to_rotmat, render, resolve_backend
 
 
@@ -311,20 +311,13 @@ def _prune_and_densify(g: Gaussians, grad: torch.Tensor, fc: dict) -> None:
 
 # -- later frames ---------------------------------------------------------------------------------------
 
-def _icp(model: np.ndarray, target: np.ndarray, T: np.ndarray, radius: float, steps: int):
-    """Refine the (4,4) pose ``T`` of (M,3) ``model`` points onto (P,3) ``target`` points: each target point
-    pairs with the nearest posed model point within a radius shrinking from ``radius`` to a quarter.
+def _icp(model: cKDTree, target: np.ndarray, T: np.ndarray, radius: float, steps: int):
+    """Refine the (4,4) pose ``T`` of the ``model`` points (a tree) onto (P,3) ``target`` points: each target
+    point pairs with the nearest posed model point within a radius shrinking from ``radius`` to a quarter
+    (the target, a partial view, pairs into the whole model; solved as the target's pose in the model frame).
     Returns the pose and the mean target-to-model distance (capped at ``radius``)."""
-    tree_pts = transform_points(T, model)
-    for r in np.geomspace(radius, radius / 4, steps):
-        dist, j = cKDTree(tree_pts).query(target, distance_upper_bound=r)
-        near = np.isfinite(dist)
-        if near.sum() < 10:
-            break
-        R, t = kabsch(tree_pts[j[near]], target[near])
-        T = make_T(R, t) @ T
-        tree_pts = transform_points(T, model)
-    dist, _ = cKDTree(tree_pts).query(target)
+    T = invert_T(icp(target, model, invert_T(T), np.geomspace(radius, radius / 4, steps)))
+    dist, _ = model.query(transform_points(invert_T(T), target))
     return T, float(np.minimum(dist, radius).mean())
 
 
@@ -379,6 +372,7 @@ class ObjectPoses:
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
         self.models = {k: v for k, v in first.items() if len(v) >= 20}
         self.normals = {k: point_normals(v) for k, v in self.models.items()}
+        self.trees = {k: cKDTree(v) for k, v in self.models.items()}
         self.poses = {k: np.eye(4) for k in self.models}
         self.velocity = {k: np.eye(4) for k in self.models}
         self.cfg = cfg
@@ -394,7 +388,7 @@ class ObjectPoses:
             else:
                 shift = np.eye(4)
                 shift[:3, 3] = target.mean(0) - transform_points(predicted, model).mean(0)
-                fits = [_icp(model, target, start, self.cfg["prealign_radius_m"], self.cfg["prealign_iterations"])
+                fits = [_icp(self.trees[k], target, start, self.cfg["prealign_radius_m"], self.cfg["prealign_iterations"])
                         for start in (predicted, shift @ predicted)]
                 pose = _icp_plane(model, self.normals[k], target, min(fits, key=lambda f: f[1])[0],
                                   self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"])

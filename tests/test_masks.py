@@ -8,9 +8,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
-from pipeline.geometry import look_at_T_cw, intrinsics_from_hfov, project
+from pipeline.geometry import intrinsics_from_hfov, kabsch, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
-                            colour_relabel, connected_objects, kabsch, object_colour_probability, split_by_colour,
+                            colour_relabel, connected_objects, object_colour_probability, split_by_colour,
                             write_masks)
 from pipeline.quality.masks import mask_figures
 
