@@ -316,9 +316,9 @@ def _icp(model: cKDTree, target: np.ndarray, T: np.ndarray, radius: float, steps
     point pairs with the nearest posed model point within a radius shrinking from ``radius`` to a quarter
     (the target, a partial view, pairs into the whole model; solved as the target's pose in the model frame).
     Returns the pose and the mean target-to-model distance (capped at ``radius``)."""
-    T = invert_T(icp(target, model, invert_T(T), np.geomspace(radius, radius / 4, steps)))
-    dist, _ = model.query(transform_points(invert_T(T), target))
-    return T, float(np.minimum(dist, radius).mean())
+    T_model_target = icp(target, model, invert_T(T), np.geomspace(radius, radius / 4, steps))
+    dist, _ = model.query(transform_points(T_model_target, target))
+    return invert_T(T_model_target), float(np.minimum(dist, radius).mean())
 
 
 def point_normals(points: np.ndarray, k: int = 12) -> np.ndarray:

@@ -76,13 +76,13 @@ def test_icp_finds_a_partial_view_among_clutter():
     the whole box although a second object stands 5 cm away (the shrinking radius leaves it unpaired)."""
     rng = np.random.default_rng(2)
     half = np.array([0.03, 0.02, 0.01])
-    blob = rng.uniform(-1, 1, (3000, 3)) * half
-    blob[np.arange(3000), rng.integers(0, 3, 3000)] = 0  # faces of a 60 x 40 x 20 mm box:
-    blob += np.sign(rng.uniform(-1, 1, (3000, 3))) * half * (blob == 0)
+    box = rng.uniform(-1, 1, (3000, 3)) * half
+    box[np.arange(3000), rng.integers(0, 3, 3000)] = 0  # each point onto a face of the 60 x 40 x 20 mm box
+    box += np.sign(rng.uniform(-1, 1, (3000, 3))) * half * (box == 0)
     clutter = rng.normal(0, 1, (1000, 3)) * 0.01 + [0.08, 0.0, 0.0]
     truth = make_T(Rotation.from_euler("xyz", [2, -3, 6], degrees=True).as_matrix(), [0.008, -0.004, 0.002])
-    seen = blob[blob[:, 0] < 0.01]  # part of the object
-    target = cKDTree(np.concatenate([blob @ truth[:3, :3].T + truth[:3, 3], clutter]))
+    seen = box[box[:, 0] < 0.01]  # part of the object
+    target = cKDTree(np.concatenate([box @ truth[:3, :3].T + truth[:3, 3], clutter]))
     radii = np.geomspace(0.02, 0.004, 15)
     found = icp(seen + rng.normal(0, 5e-4, seen.shape), target, np.eye(4), radii)
     assert rotation_angle_deg(found[:3, :3], truth[:3, :3]) < 0.5
