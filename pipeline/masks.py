@@ -479,16 +479,26 @@ class FusedFrames:
         self.depth, self.confidence, self.colour = depth_art["depth"], depth_art["confidence"], colour
         self.K, self.T_cw, self.cfg = depth_art["K"][:], T_cw, cfg
         self.min_conf = self.confidence.attrs["measured"] if cfg["measured_only"] else 1
+        self._frame: tuple = (None, None, None)
+
+    def frame_colour(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frame t's (C,H,W,3) colour images and their (C,H,W) chromaticity bins, read and binned once for
+        the fusion and the labelling steps that follow it."""
+        if self._frame[0] != t:
+            colour = np.asarray(self.colour[:, t])
+            self._frame = (t, colour, chromaticity_bins(colour.reshape(-1, 3)).reshape(colour.shape[:3]))
+        return self._frame[1], self._frame[2]
 
     def fuse(self, t: int):
         """Frame t's (C,H,W) depths; per view its pixels' (world points, flat pixel indices, chromaticity
         bins) and the mask of those points that are fused: in the foreground and not carved away."""
         cfg, K, T_cw = self.cfg, self.K, self.T_cw
-        depths, confidence, colour = self.depth[:, t], self.confidence[:, t], np.asarray(self.colour[:, t])
+        depths, confidence = self.depth[:, t], self.confidence[:, t]
+        _, image_bins = self.frame_colour(t)
         per_view = []
         for c in range(len(K)):
             points, flat = world_points(depths[c], K[c], T_cw[c])
-            per_view.append((points, flat, chromaticity_bins(colour[c].reshape(-1, 3)[flat])))
+            per_view.append((points, flat, image_bins[c].ravel()[flat]))
         fused = [foreground(p, cfg) & (confidence[c].ravel()[flat] >= self.min_conf)
                  for c, (p, flat, _) in enumerate(per_view)]
         for c, ((p, _, _), m) in enumerate(zip(per_view, fused)):
@@ -516,9 +526,9 @@ class FusedFrames:
         return depths, per_view, points, bins, labels
 
 
-def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, int]:
-    """The offline backend: writes (C,T,H,W) ``ids`` frame by frame from the fused depth and the (C,T,H,W,3)
-    ``colour`` frames; returns the objects seen per frame and the number of objects."""
+def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
+    """The offline backend: writes (C,T,H,W) ``ids`` frame by frame from the fused depth and the colour
+    frames; returns the objects seen per frame and the number of objects."""
     C, T, H, W = ids.shape
     objects = RigidObjects(cfg)
     parallax = TableParallax(frames.K, frames.T_cw, (H, W), cfg) if cfg["parallax_refine"] else None
@@ -532,7 +542,7 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
             depths, per_view, points, bins = frames(t)
             labels = objects.track(points, bins)
         views = label_views(per_view, (H, W), objects, cfg)
-        frame_colour = np.asarray(colour[:, t])
+        frame_colour, image_bins = frames.frame_colour(t)
         if parallax is not None:
             decided, table = parallax.classify(frame_colour, depths)
             near_ids = np.stack([nearest_ids(v, cfg["fill_px"]) for v in views])
@@ -546,8 +556,7 @@ def fused_ids(frames: FusedFrames, colour, ids, cfg: dict) -> tuple[np.ndarray, 
             views = np.stack([refine_view(near_ids[c], decided[c], table[c], p_object[c], cfg["colour_override_p"])
                               for c in range(C)])
         if cfg["relabel_px"]:
-            bins = [chromaticity_bins(frame_colour[c].reshape(-1, 3)).reshape(H, W) for c in range(C)]
-            views = np.stack([colour_relabel(views[c], bins[c], objects.log_colour, cfg["relabel_px"],
+            views = np.stack([colour_relabel(views[c], image_bins[c], objects.log_colour, cfg["relabel_px"],
                                              cfg["relabel_margin"]) for c in range(C)])
         ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
@@ -578,7 +587,7 @@ def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: 
         ids = frame_array(g, "ids", (C, T, H, W), "uint16")
         ids.attrs.update(background=0)
         if backend == "fused":
-            counts, n_objects = fused_ids(frames, capture["color"], ids, cfg)
+            counts, n_objects = fused_ids(frames, ids, cfg)
         else:
             prompts = sam2_masks.prompts_for(frames, names, cfg["sam2"], (H, W))
             counts, n_objects = sam2_masks.segment_views(predictor, capture["color"], prompts, ids)
