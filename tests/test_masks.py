@@ -10,8 +10,8 @@ from scipy.spatial.transform import Rotation
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import intrinsics_from_hfov, kabsch, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
-                            colour_relabel, connected_objects, object_colour_probability, split_by_colour,
-                            write_masks)
+                            colour_relabel, connected_objects, front_model_ids, object_colour_probability,
+                            reassign_by_models, split_by_colour, write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
@@ -100,6 +100,32 @@ def test_colour_relabel_returns_a_smeared_seam_to_the_object_of_its_colour():
         out = colour_relabel(ids, bins, models, radius_px=3, margin=1.0)
         assert (out == ids).all() if grey else (out[:, 14:17] == 1).all() and (out[:, 17:20] == 2).all(), colours
         assert (out[:, :14] == 1).all() and (out[:, 20:] == 2).all()
+
+
+def test_models_give_a_depth_smear_back_to_the_object_behind():
+    """Pin A (columns 20-29, 1 m) stands in front of pin B (columns 25-44, 1.2 m), both of one colour; the
+    depth smeared A's id three pixels over B (columns 30-32). A's model reaches one pixel past its
+    silhouette (column 30 stays A); columns 31-32 show B's model in front and go back to B. B's model
+    shows behind the whole of A, which keeps its id where its own model reaches. If B's colour did not
+    fit those pixels, they would stay A."""
+    K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
+    rows, cols = np.mgrid[10:40, 0:64]
+
+    def plane(first, last, z):  # one model point per pixel centre of columns first..last at depth z
+        sel = (cols >= first) & (cols <= last)
+        return np.stack([(cols[sel] - 32) / 100 * z, (rows[sel] - 24) / 100 * z, np.full(sel.sum(), z)], 1)
+
+    points = np.concatenate([plane(20, 29, 1.0), plane(25, 44, 1.2)])
+    point_ids = np.repeat([1, 2], [10 * 30, 20 * 30])
+    front, r, c, i = front_model_ids(points, point_ids, K, np.eye(4), (48, 64))
+    assert (front[10:40, 20:30] == 1).all() and (front[10:40, 30:45] == 2).all() and (front[:10] == 0).all()
+    view = np.zeros((48, 64), np.uint16)
+    view[10:40, 20:33], view[10:40, 33:45] = 1, 2
+    bins = np.zeros((48, 64), int)
+    for log_colour_b, expected_31 in ((np.zeros(144), 2), (np.full(144, -5.0), 1)):
+        out = reassign_by_models(view, front, r, c, i, bins, {1: np.zeros(144), 2: log_colour_b}, 1, 1.0)
+        assert (out[10:40, 20:31] == 1).all() and (out[10:40, 31:33] == expected_31).all()
+        assert (out[10:40, 33:45] == 2).all() and (out[:10] == 0).all()
 
 
 def test_kabsch_recovers_a_rigid_motion():
