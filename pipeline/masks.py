@@ -394,14 +394,16 @@ def reassign_by_models(view: np.ndarray, front: np.ndarray, rows: np.ndarray, co
     reached = np.zeros(view.shape, bool)
     for k in present:
         hit = np.zeros(view.shape, np.uint8)
-        hit[rows[point_ids == k], cols[point_ids == k]] = 1
+        of_k = point_ids == k
+        hit[rows[of_k], cols[of_k]] = 1
         reached |= (cv2.dilate(hit, kernel) > 0) & (view == k)
     move = (view > 0) & ~reached & (front > 0) & (front != view)
+    candidate_bins = bins[move]
 
-    def log_p(ids):
+    def log_p(ids):  # log p(colour | object) of the candidate pixels under (M,) ids
         out = np.zeros(len(ids))
         for k in np.unique(ids):
-            out[ids == k] = log_colour[int(k)][bins[move][ids == k]]
+            out[ids == k] = log_colour[int(k)][candidate_bins[ids == k]]
         return out
 
     move[move] = log_p(front[move]) >= log_p(view[move]) - margin
