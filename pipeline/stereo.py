@@ -22,7 +22,7 @@ class MatcherParams:
     block_size: int = 3
     p1: int = 8  # smoothness penalties, times block_size^2
     p2: int = 32
-    uniqueness_ratio: int = 10
+    uniqueness_ratio: int = 0  # the left-right check already drops ambiguous matches; a margin on top only opens holes
     lr_max_diff: int = 1  # left-right consistency: largest disagreement kept (pixels)
     speckle_window: int = 100
     speckle_range: int = 2
