@@ -35,8 +35,8 @@ def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.nda
     """Disparity of the left image (H,W) float32 and whether each pixel was matched (H,W) bool.
 
     StereoSGBM (full 8-path mode, optionally on images upsampled ``upsample`` times) with its left-right
-    check, sub-pixel interpolation (1/16 px) and speckle filter; then occluded and unmatched pixels are filled from the nearer-background neighbour
-    in their row, and a small median filter removes isolated errors.
+    check, sub-pixel interpolation (1/16 px) and speckle filter; then occluded and unmatched pixels are filled
+    from the nearer-background neighbour in their row, and a small median filter removes isolated errors.
     """
     s = p.upsample
     if s > 1:

@@ -388,8 +388,8 @@ class ObjectPoses:
             else:
                 shift = np.eye(4)
                 shift[:3, 3] = target.mean(0) - transform_points(predicted, model).mean(0)
-                fits = [_icp(self.trees[k], target, start, self.cfg["prealign_radius_m"], self.cfg["prealign_iterations"])
-                        for start in (predicted, shift @ predicted)]
+                fits = [_icp(self.trees[k], target, start, self.cfg["prealign_radius_m"],
+                             self.cfg["prealign_iterations"]) for start in (predicted, shift @ predicted)]
                 pose = _icp_plane(model, self.normals[k], target, min(fits, key=lambda f: f[1])[0],
                                   self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"])
             moved[k] = pose @ invert_T(self.poses[k])

@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
-from pipeline.geometry import intrinsics_from_hfov, kabsch, look_at_T_cw, project
+from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
                             colour_relabel, connected_objects, front_model_ids, object_colour_probability,
                             reassign_by_models, split_by_colour, write_masks)
@@ -126,14 +126,6 @@ def test_models_give_a_depth_smear_back_to_the_object_behind():
         out = reassign_by_models(view, front, r, c, i, bins, {1: np.zeros(144), 2: log_colour_b}, 1, 1.0)
         assert (out[10:40, 20:31] == 1).all() and (out[10:40, 31:33] == expected_31).all()
         assert (out[10:40, 33:45] == 2).all() and (out[:10] == 0).all()
-
-
-def test_kabsch_recovers_a_rigid_motion():
-    rng = np.random.default_rng(1)
-    src = rng.normal(size=(50, 3))
-    R = Rotation.from_rotvec([0.2, -0.4, 0.9]).as_matrix()
-    R_est, t_est = kabsch(src, src @ R.T + [0.1, -0.2, 0.3])
-    assert np.allclose(R_est, R, atol=1e-9) and np.allclose(t_est, [0.1, -0.2, 0.3], atol=1e-9)
 
 
 def test_ids_follow_fast_objects_that_pass_close_to_each_other():
