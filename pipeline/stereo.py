@@ -29,35 +29,52 @@ class MatcherParams:
     upsample: int = 1  # match at this multiple of the resolution: finer sub-pixel disparities, sharper edges
     fill_occlusions: bool = True  # invalid pixels take the background (smaller) neighbouring disparity
     median: int = 3  # median filter size (0 for none)
+    edge_block_size: int = 1  # a second, pixel-wise pass that restores foreground edges (0 for none)
+    edge_p1: int = 4
+    edge_p2: int = 16
 
 
 def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.ndarray, np.ndarray]:
     """Disparity of the left image (H,W) float32 and whether each pixel was matched (H,W) bool.
 
     StereoSGBM (full 8-path mode, optionally on images upsampled ``upsample`` times) with its left-right
-    check, sub-pixel interpolation (1/16 px) and speckle filter; then occluded and unmatched pixels are filled
-    from the nearer-background neighbour in their row, and a small median filter removes isolated errors.
+    check, sub-pixel interpolation (1/16 px) and speckle filter. Block costs erode the foreground at depth
+    edges (the left-right check drops pixels whose block straddles the edge); a pixel-wise pass
+    (``edge_block_size``) restores them: its disparity replaces the block pass's where that has none or lies
+    more than a pixel behind. Then occluded and unmatched pixels are filled from the nearer-background
+    neighbour in their row, and a small median filter removes isolated errors.
     """
     s = p.upsample
     if s > 1:
         left = cv2.resize(left, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC)
         right = cv2.resize(right, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC)
-    bs = p.block_size
-    sgbm = cv2.StereoSGBM_create(minDisparity=p.min_disparity * s, numDisparities=p.num_disparities * s, blockSize=bs,
-                                 P1=p.p1 * bs * bs, P2=p.p2 * bs * bs, disp12MaxDiff=p.lr_max_diff,
-                                 uniquenessRatio=p.uniqueness_ratio, speckleWindowSize=p.speckle_window,
-                                 speckleRange=p.speckle_range, mode=cv2.STEREO_SGBM_MODE_HH)
-    raw = sgbm.compute(left, right).astype(np.float32) / (16.0 * s)
-    if s > 1:  # back to the original grid: the sample nearest each pixel centre
-        raw = raw[s // 2::s, s // 2::s]
-    matched = raw >= p.min_disparity
-    disparity = np.where(matched, raw, -1.0).astype(np.float32)
+    disparity = _sgbm(left, right, p, p.block_size, p.p1, p.p2)
+    matched = disparity >= p.min_disparity
+    if p.edge_block_size:
+        fine = _sgbm(left, right, p, p.edge_block_size, p.edge_p1, p.edge_p2)
+        use = (fine >= p.min_disparity) & (~matched | (fine > disparity + 1.0))
+        disparity = np.where(use, fine, disparity)
+        matched |= use
+    disparity = np.where(matched, disparity, -1.0).astype(np.float32)
     if p.fill_occlusions:
         disparity = fill_from_background(disparity, matched)
     if p.median:
         filled = disparity >= 0
         disparity = np.where(filled, cv2.medianBlur(disparity, p.median), -1.0).astype(np.float32)
     return disparity, matched
+
+
+def _sgbm(left: np.ndarray, right: np.ndarray, p: MatcherParams, block_size: int, p1: int, p2: int) -> np.ndarray:
+    """StereoSGBM disparity (pixels of the original grid) of a pair upsampled ``p.upsample`` times, sampled
+    back at the original pixels; below ``p.min_disparity`` where unmatched."""
+    s = p.upsample
+    sgbm = cv2.StereoSGBM_create(minDisparity=p.min_disparity * s, numDisparities=p.num_disparities * s,
+                                 blockSize=block_size, P1=p1 * block_size ** 2, P2=p2 * block_size ** 2,
+                                 disp12MaxDiff=p.lr_max_diff, uniquenessRatio=p.uniqueness_ratio,
+                                 speckleWindowSize=p.speckle_window, speckleRange=p.speckle_range,
+                                 mode=cv2.STEREO_SGBM_MODE_HH)
+    raw = sgbm.compute(left, right).astype(np.float32) / (16.0 * s)
+    return raw[s // 2::s, s // 2::s]  # back to the original grid: the sample nearest each pixel centre
 
 
 def fill_from_background(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
