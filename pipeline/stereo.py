@@ -35,16 +35,14 @@ class MatcherParams:
 
 
 def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.ndarray, np.ndarray]:
-    """Disparity of the left image (H,W) float32 and whether the block pass matched each pixel (H,W) bool.
+    """Disparity of the left image (H,W) float32 and whether each pixel was matched (H,W) bool.
 
     StereoSGBM (full 8-path mode, optionally on images upsampled ``upsample`` times) with its left-right
     check, sub-pixel interpolation (1/16 px) and speckle filter. Block costs erode the foreground at depth
     edges (the left-right check drops pixels whose block straddles the edge); a pixel-wise pass
     (``edge_block_size``) restores them: its disparity replaces the block pass's where that has none or lies
     more than a pixel behind. Then occluded and unmatched pixels are filled from the nearer-background
-    neighbour in their row, and a small median filter removes isolated errors. Pixels the pixel-wise pass
-    gives a disparity the block pass has none for do not count as matched: beside occlusions it may carry
-    the foreground's disparity onto background the right camera cannot see.
+    neighbour in their row, and a small median filter removes isolated errors.
     """
     s = p.upsample
     if s > 1:
@@ -52,15 +50,14 @@ def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.nda
         right = cv2.resize(right, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC)
     disparity = _sgbm(left, right, p, p.block_size, p.p1, p.p2)
     matched = disparity >= p.min_disparity
-    has = matched
     if p.edge_block_size:
         fine = _sgbm(left, right, p, p.edge_block_size, p.edge_p1, p.edge_p2)
         use = (fine >= p.min_disparity) & (~matched | (fine > disparity + 1.0))
         disparity = np.where(use, fine, disparity)
-        has = matched | use
-    disparity = np.where(has, disparity, -1.0).astype(np.float32)
+        matched |= use
+    disparity = np.where(matched, disparity, -1.0).astype(np.float32)
     if p.fill_occlusions:
-        disparity = fill_from_background(disparity, has)
+        disparity = fill_from_background(disparity, matched)
     if p.median:
         filled = disparity >= 0
         disparity = np.where(filled, cv2.medianBlur(disparity, p.median), -1.0).astype(np.float32)
