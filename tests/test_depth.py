@@ -73,8 +73,8 @@ def test_the_pixel_wise_pass_restores_foreground_edges(default_config):
     # The 3x3 block pass (on the 2x upsampled pair) loses some of the rim to the plane behind; the
     # pixel-wise pass gives it back.
     assert share[1] >= 0.95 and share[1] > share[0]
-    # What counts as measured is the block pass's say alone.
-    assert np.array_equal(matched[0], matched[1])
+    # Pixels either pass measures count as measured.
+    assert (matched[1] >= matched[0]).all() and matched[1].sum() > matched[0].sum()
 
 
 def _plane_depth(K, size, n, d):
