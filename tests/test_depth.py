@@ -42,7 +42,7 @@ def test_subpixel_disparity_of_a_shifted_random_dot_pair(default_config):
     assert abs(np.median(inner) - shift) < 0.25
 
 
-def _box_over_plane_pair(d_near=24, d_far=10, shape=(80, 200), box=(20, 60, 80, 130)):
+def _box_over_plane_pair(box, d_near=24, d_far=10, shape=(80, 200)):
     """A random-dot rectified pair (uint8 left, right) of a fronto-parallel box (rows y0:y1, left-image
     columns x0:x1, disparity ``d_near``) in front of a plane (``d_far``), and the true left disparity."""
     rng = np.random.default_rng(1)
@@ -61,10 +61,11 @@ def _box_over_plane_pair(d_near=24, d_far=10, shape=(80, 200), box=(20, 60, 80, 
 
 
 def test_the_pixel_wise_pass_restores_foreground_edges(default_config):
-    left, right, truth = _box_over_plane_pair()
+    y0, y1, x0, x1 = box = (20, 60, 80, 130)
+    left, right, truth = _box_over_plane_pair(box=box)
     rim = np.zeros(truth.shape, bool)  # the box's outermost two pixels
-    rim[20:60, 80:130] = True
-    rim[22:58, 82:128] = False
+    rim[y0:y1, x0:x1] = True
+    rim[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = False
     share, matched = {}, {}
     for edge_block_size in (0, 1):
         disparity, matched[edge_block_size] = match(
