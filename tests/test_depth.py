@@ -48,15 +48,12 @@ def _box_over_plane_pair(box, d_near=24, d_far=10, shape=(80, 200)):
     rng = np.random.default_rng(1)
     H, W = shape
     y0, y1, x0, x1 = box
-    dots = [cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40)).astype(np.float32), (0, 0), 0.8) for _ in range(2)]
-    far, near = (lambda x: dots[0][:, x]), (lambda x: dots[1][:, x])
-    cols = np.arange(W)
-    left, right = far(cols), far(cols + d_far)  # right(x) sees the left image's point x + d
+    far, near = (cv2.GaussianBlur(rng.uniform(0, 255, (H, W + 40)).astype(np.float32), (0, 0), 0.8) for _ in range(2))
+    left, right = far[:, :W].copy(), far[:, d_far:W + d_far].copy()  # right(x) sees the left image's point x + d
     truth = np.full((H, W), float(d_far), np.float32)
-    rows = slice(y0, y1)
-    left[rows, x0:x1] = near(np.arange(x0, x1))[rows]
-    right[rows, x0 - d_near:x1 - d_near] = near(np.arange(x0, x1))[rows]
-    truth[rows, x0:x1] = d_near
+    left[y0:y1, x0:x1] = near[y0:y1, x0:x1]
+    right[y0:y1, x0 - d_near:x1 - d_near] = near[y0:y1, x0:x1]
+    truth[y0:y1, x0:x1] = d_near
     return np.clip(left, 0, 255).astype(np.uint8), np.clip(right, 0, 255).astype(np.uint8), truth
 
 
