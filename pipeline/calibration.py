@@ -229,7 +229,14 @@ def calibrate(color, K, dist, board_cfg: dict, names: list[str], intrinsics: str
     rejected = np.bincount(used.camera[~inlier], minlength=C)
     T_cw, T_wb, used, err = bundle_adjust(used.select(inlier), corners3d, K, dist, T_cw, T_wb, anchor_frame)
     rms = np.array([np.sqrt(np.mean(err[used.camera == c] ** 2)) for c in range(C)])
-    return {"T_cw": T_cw, "T_world_board": T_wb, "K": K, "dist": dist, "reproj_rms_px": rms,
+    # Per view: a camera whose views all fit badly has wrong intrinsics; a frame that fits badly in every
+    # camera moved between their exposures (sync, motion blur).
+    view_rms = np.full((C, T), np.nan)
+    sq = np.zeros((C, T))
+    np.add.at(sq, (used.camera, used.frame), err**2)
+    n = np.bincount(used.camera * T + used.frame, minlength=C * T).reshape(C, T)
+    view_rms[n > 0] = np.sqrt(sq[n > 0] / n[n > 0])
+    return {"T_cw": T_cw, "T_world_board": T_wb, "K": K, "dist": dist, "reproj_rms_px": rms, "view_rms_px": view_rms,
             "reproj_rms_all_px": float(np.sqrt(np.mean(err**2))), "corner_counts": counts,
             "n_views": np.array([len({int(t) for t in used.frame[used.camera == c]}) for c in range(C)]),
             "n_corners": np.bincount(used.camera, minlength=C), "n_rejected": rejected, "outlier_limit_px": limit,
@@ -259,12 +266,13 @@ def write_calibration(capture_path: str, board_cfg: dict, intrinsics: str, ancho
                 put(g, "T_cw_irright", cap["T_irright_depth"][:] @ T_cw_depth, {"maps": "world -> infrared-right frame"})
         put(g, "T_world_board", result["T_world_board"], {"maps": "board -> world per frame; NaN where not seen"})
         put(g, "reproj_rms_px", result["reproj_rms_px"], {"unit": "px", "per": "camera"})
+        put(g, "view_rms_px", result["view_rms_px"], {"unit": "px", "per": "camera and frame; NaN where not adjusted"})
         put(g, "n_views", result["n_views"], {"what": "frames whose board pose entered the adjustment, per camera"})
         put(g, "n_corners", result["n_corners"], {"what": "corner observations in the adjustment, per camera"})
         put(g, "n_rejected", result["n_rejected"],
             {"what": "corner observations dropped as outliers, per camera", "limit_px": result["outlier_limit_px"]})
         put(g, "corner_counts", result["corner_counts"], {"what": "corners detected per camera and frame"})
-    return result
+    return {**result, "camera_names": names}
 
 
 def main(argv=None) -> int:
@@ -297,6 +305,10 @@ def main(argv=None) -> int:
         return 2
     print("reprojection RMS per camera (px): " + ", ".join(f"{r:.3f}" for r in result["reproj_rms_px"]),
           file=sys.stderr)
+    view_rms = np.nan_to_num(result["view_rms_px"], nan=-1.0)
+    worst = np.argsort(view_rms, axis=None)[::-1][:3]
+    print("worst views (camera frame: RMS px): " + ", ".join(
+        f"{result['camera_names'][c]} {t}: {view_rms[c, t]:.2f}" for c, t in zip(*np.unravel_index(worst, view_rms.shape))), file=sys.stderr)
     return 0
 
 

@@ -45,6 +45,11 @@ def test_default_rig_meets_the_bar(calibrated, sequence):
         assert figures[(f"calibration/{name}", "trans_err_mm")] <= 2.0
     assert figures[("calibration", "reproj_rms_px")] <= 0.3
     assert (cal["n_views"][:] >= 5).all()
+    # Per-view residuals: one value for each adjusted view, none where the board was not seen.
+    view_rms = cal["view_rms_px"][:]
+    assert (np.isfinite(view_rms).sum(axis=1) == cal["n_views"][:]).all()
+    assert not np.isfinite(view_rms[cal["corner_counts"][:] == 0]).any()
+    assert np.nanmax(view_rms) < 1.0
     # Depth and right-infrared extrinsics follow through the unit's own sensor extrinsics.
     for key in ("T_cw_depth", "T_cw_irright"):
         rot, trans = pose_errors(cal[key][1], gt[key][1])
