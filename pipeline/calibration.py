@@ -307,8 +307,9 @@ def main(argv=None) -> int:
           file=sys.stderr)
     view_rms = np.nan_to_num(result["view_rms_px"], nan=-1.0)
     worst = np.argsort(view_rms, axis=None)[::-1][:3]
-    print("worst views (camera frame: RMS px): " + ", ".join(
-        f"{result['camera_names'][c]} {t}: {view_rms[c, t]:.2f}" for c, t in zip(*np.unravel_index(worst, view_rms.shape))), file=sys.stderr)
+    views = zip(*np.unravel_index(worst, view_rms.shape))
+    print("worst views (camera frame: RMS px): "
+          + ", ".join(f"{result['camera_names'][c]} {t}: {view_rms[c, t]:.2f}" for c, t in views), file=sys.stderr)
     return 0
 
 
