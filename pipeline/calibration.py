@@ -228,18 +228,17 @@ def calibrate(color, K, dist, board_cfg: dict, names: list[str], intrinsics: str
     inlier = err <= limit
     rejected = np.bincount(used.camera[~inlier], minlength=C)
     T_cw, T_wb, used, err = bundle_adjust(used.select(inlier), corners3d, K, dist, T_cw, T_wb, anchor_frame)
-    rms = np.array([np.sqrt(np.mean(err[used.camera == c] ** 2)) for c in range(C)])
     # Per view: a camera whose views all fit badly has wrong intrinsics; a frame that fits badly in every
-    # camera moved between their exposures (sync, motion blur).
+    # camera moved between their exposures (sync, motion blur). The per-camera figures are their sums.
+    view = used.camera * T + used.frame
+    n = np.bincount(view, minlength=C * T).reshape(C, T)
+    sq = np.bincount(view, weights=err**2, minlength=C * T).reshape(C, T)
     view_rms = np.full((C, T), np.nan)
-    sq = np.zeros((C, T))
-    np.add.at(sq, (used.camera, used.frame), err**2)
-    n = np.bincount(used.camera * T + used.frame, minlength=C * T).reshape(C, T)
     view_rms[n > 0] = np.sqrt(sq[n > 0] / n[n > 0])
-    return {"T_cw": T_cw, "T_world_board": T_wb, "K": K, "dist": dist, "reproj_rms_px": rms, "view_rms_px": view_rms,
+    return {"T_cw": T_cw, "T_world_board": T_wb, "K": K, "dist": dist, "view_rms_px": view_rms,
+            "reproj_rms_px": np.sqrt(sq.sum(axis=1) / n.sum(axis=1)),
             "reproj_rms_all_px": float(np.sqrt(np.mean(err**2))), "corner_counts": counts,
-            "n_views": np.array([len({int(t) for t in used.frame[used.camera == c]}) for c in range(C)]),
-            "n_corners": np.bincount(used.camera, minlength=C), "n_rejected": rejected, "outlier_limit_px": limit,
+            "n_views": (n > 0).sum(axis=1), "n_corners": n.sum(axis=1), "n_rejected": rejected, "outlier_limit_px": limit,
             "anchor": anchor, "anchor_frame": anchor_frame}
 
 
