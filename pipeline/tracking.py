@@ -330,31 +330,58 @@ def point_normals(points: np.ndarray, k: int = 12) -> np.ndarray:
     return np.linalg.eigh(np.einsum("nki,nkj->nij", nb, nb))[1][:, :, 0]
 
 
-def _icp_plane(model: np.ndarray, normals: np.ndarray, target: np.ndarray, T: np.ndarray, radius: float,
-               steps: int) -> np.ndarray:
+def _plane_pairs(model: np.ndarray, normals: np.ndarray, target: np.ndarray, target_normals: np.ndarray,
+                 T: np.ndarray, radius: float, max_normal_deg: float):
+    """Pairs of (P,3) ``target`` points with the nearest of the (M,3) ``model`` points posed at ``T`` within
+    ``radius`` whose normals agree within ``max_normal_deg`` (normal signs are arbitrary). Returns the (P,)
+    paired mask, the paired points' (Q,) residuals along the model normals, and the posed model points and
+    normals (Q,3) they pair with."""
+    x, n = transform_points(T, model), normals @ T[:3, :3].T
+    dist, j = cKDTree(x).query(target, distance_upper_bound=radius)
+    near = np.isfinite(dist)
+    j = np.where(near, j, 0)
+    near &= np.abs(np.einsum("ij,ij->i", n[j], target_normals)) >= np.cos(np.radians(max_normal_deg))
+    xm, nm = x[j[near]], n[j[near]]
+    return near, np.einsum("ij,ij->i", xm - target[near], nm), xm, nm
+
+
+def _robust_spread(res: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 MAD about zero) of point-to-plane residuals, at least 0.5 mm."""
+    return max(1.4826 * float(np.median(np.abs(res))), 5e-4)
+
+
+def _icp_plane(model: np.ndarray, normals: np.ndarray, target: np.ndarray, target_normals: np.ndarray,
+               T: np.ndarray, radius: float, steps: int, max_normal_deg: float) -> np.ndarray:
     """Refine the (4,4) pose ``T`` of (M,3) ``model`` points with (M,3) ``normals`` onto (P,3) ``target``
-    points, point to plane: each target point pairs with the nearest posed model point within a radius
-    shrinking from ``radius`` to a quarter, and the pose step minimises the pairs' distances along the
-    model normals (Gauss-Newton on a small rotation, Huber-weighted at twice the pairs' robust spread).
+    points with (P,3) ``target_normals``, point to plane: each target point pairs with the nearest posed
+    model point within a radius shrinking from ``radius`` to a quarter whose normal agrees within
+    ``max_normal_deg`` (a face the model lacks, seen once the object turns, would otherwise pair with the
+    edge of a face it has and tilt it), and the pose step minimises the pairs' distances along the model
+    normals (Gauss-Newton on a small rotation, Huber-weighted at twice the pairs' robust spread).
     Depth noise along a face averages out instead of pulling the faces' points together, so a box's
     rotation is held by its faces; the motion a surface leaves free (a pin's spin, sliding along a
     plane) is damped to stay where it was."""
     for r in np.geomspace(radius, radius / 4, steps):
-        x, n = transform_points(T, model), normals @ T[:3, :3].T
-        dist, j = cKDTree(x).query(target, distance_upper_bound=r)
-        near = np.isfinite(dist)
+        near, res, xm, nm = _plane_pairs(model, normals, target, target_normals, T, r, max_normal_deg)
         if near.sum() < 10:
             break
-        xm, nm = x[j[near]], n[j[near]]
-        res = np.einsum("ij,ij->i", xm - target[near], nm)
         J = np.concatenate([np.cross(xm, nm), nm], axis=1)  # d res / d (rotation vector, translation)
-        spread = max(1.4826 * np.median(np.abs(res)), 5e-4)
-        w = 1.0 / np.maximum(1.0, np.abs(res) / (2 * spread))
+        w = 1.0 / np.maximum(1.0, np.abs(res) / (2 * _robust_spread(res)))
         H = (J * w[:, None]).T @ J
         H += 1e-4 * np.trace(H) / 6 * np.eye(6)
         step = np.linalg.solve(H, -(J * w[:, None]).T @ res)
         T = make_T(Rotation.from_rotvec(step[:3]).as_matrix(), step[3:]) @ T
     return T
+
+
+def _plane_cost(model: np.ndarray, normals: np.ndarray, target: np.ndarray, target_normals: np.ndarray,
+               T: np.ndarray, radius: float, max_normal_deg: float, spread: float) -> float:
+    """Huber cost (threshold 2, as ``_icp_plane`` weights) of the point-to-plane residuals of ``target``
+    against the model posed at ``T``, in units of ``spread``; a point without a pair counts as one at the
+    radius, so that a pose is not favoured for pairing fewer points."""
+    near, res, _, _ = _plane_pairs(model, normals, target, target_normals, T, radius, max_normal_deg)
+    a = np.concatenate([np.abs(res), np.full(int((~near).sum()), radius)]) / spread
+    return float(np.where(a <= 2, 0.5 * a ** 2, 2 * a - 2).sum())
 
 
 class ObjectPoses:
@@ -367,7 +394,14 @@ class ObjectPoses:
     val_0000 the median rotation error of these poses drops from 10.8 to 4.1 degrees). An object with too
     few points this frame (a fragment at the workspace's edge or behind another) keeps its constant-velocity
     prediction. Registering depth to depth, both seen by the same cameras, keeps the biases of depth and
-    masks out of the relative motion."""
+    masks out of the relative motion.
+
+    An object keeps its last pose unless the refined one explains the frame's points better by more than
+    ``prealign_hold`` (the difference of their Huber costs in units of the residuals' squared robust
+    spread, a likelihood-ratio test of "it moved" against "it stayed"): the registration of stereo depth
+    jitters by degrees from frame to frame (cube_stacks val_0000: a cube turning 0.9 degrees in all was
+    registered 2-7 degrees off), and the constant-velocity prediction would carry each jitter on as a
+    motion. A slow motion is followed once it adds up to more than the jitter."""
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
         self.models = {k: v for k, v in first.items() if len(v) >= 20}
@@ -390,11 +424,29 @@ class ObjectPoses:
                 shift[:3, 3] = target.mean(0) - transform_points(predicted, model).mean(0)
                 fits = [_icp(self.trees[k], target, start, self.cfg["prealign_radius_m"],
                              self.cfg["prealign_iterations"]) for start in (predicted, shift @ predicted)]
-                pose = _icp_plane(model, self.normals[k], target, min(fits, key=lambda f: f[1])[0],
-                                  self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"])
+                target_normals = point_normals(target)
+                pose = _icp_plane(model, self.normals[k], target, target_normals, min(fits, key=lambda f: f[1])[0],
+                                  self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"],
+                                  self.cfg["prealign_normal_deg"])
+                if not self._moved(k, target, target_normals, pose):
+                    pose = self.poses[k]
             moved[k] = pose @ invert_T(self.poses[k])
             self.velocity[k], self.poses[k] = moved[k], pose
         return moved
+
+    def _moved(self, k: int, target: np.ndarray, target_normals: np.ndarray, pose: np.ndarray) -> bool:
+        """Whether object ``k``'s points of this frame support ``pose`` over its last pose (see the class)."""
+        if self.cfg["prealign_hold"] == 0:
+            return True
+        args = (self.models[k], self.normals[k], target, target_normals)
+        radius, max_deg = self.cfg["prealign_plane_radius_m"] / 4, self.cfg["prealign_normal_deg"]
+        near, res, _, _ = _plane_pairs(*args, pose, radius, max_deg)
+        if near.sum() < 10:
+            return True
+        spread = _robust_spread(res)
+        gain = (_plane_cost(*args, self.poses[k], radius, max_deg, spread)
+                - _plane_cost(*args, pose, radius, max_deg, spread))
+        return gain > self.cfg["prealign_hold"]
 
 
 def apply_motion(means: torch.Tensor, quats: torch.Tensor, labels: torch.Tensor, motion: dict[int, np.ndarray]):
