@@ -396,12 +396,15 @@ class ObjectPoses:
     prediction. Registering depth to depth, both seen by the same cameras, keeps the biases of depth and
     masks out of the relative motion.
 
-    An object keeps its last pose unless the refined one explains the frame's points better by more than
-    ``prealign_hold`` (the difference of their Huber costs in units of the residuals' squared robust
-    spread, a likelihood-ratio test of "it moved" against "it stayed"): the registration of stereo depth
-    jitters by degrees from frame to frame (cube_stacks val_0000: a cube turning 0.9 degrees in all was
-    registered 2-7 degrees off), and the constant-velocity prediction would carry each jitter on as a
-    motion. A slow motion is followed once it adds up to more than the jitter."""
+    The refined pose is taken only where it explains the frame's points better than both the last pose
+    (at rest) and the constant-velocity prediction by more than ``prealign_hold`` (the difference of their
+    Huber costs in units of the residuals' squared robust spread: a likelihood-ratio test of the six fitted
+    parameters against a model with none); otherwise the better of those two stands. The registration of
+    stereo depth jitters by degrees from frame to frame (cube_stacks val_0000: a cube turning 0.9 degrees
+    in all was registered 2-7 degrees off), and the constant-velocity prediction would carry each jitter
+    on as a motion; an object at rest stays put, a slow motion is followed once it adds up to more than
+    the jitter, and an object whose points thin out as it leaves the views (too few to tell) keeps its
+    velocity instead of being stopped."""
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
         self.models = {k: v for k, v in first.items() if len(v) >= 20}
@@ -428,25 +431,30 @@ class ObjectPoses:
                 pose = _icp_plane(model, self.normals[k], target, target_normals, min(fits, key=lambda f: f[1])[0],
                                   self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"],
                                   self.cfg["prealign_normal_deg"])
-                if not self._moved(k, target, target_normals, pose):
-                    pose = self.poses[k]
+                pose = self._settle(k, target, target_normals, pose, predicted)
             moved[k] = pose @ invert_T(self.poses[k])
             self.velocity[k], self.poses[k] = moved[k], pose
         return moved
 
-    def _moved(self, k: int, target: np.ndarray, target_normals: np.ndarray, pose: np.ndarray) -> bool:
-        """Whether object ``k``'s points of this frame support ``pose`` over its last pose (see the class)."""
+    def _settle(self, k: int, target: np.ndarray, target_normals: np.ndarray, refined: np.ndarray,
+                predicted: np.ndarray) -> np.ndarray:
+        """Object ``k``'s pose this frame: ``refined`` where the frame's points support it over both the last
+        pose (at rest) and the constant-velocity ``predicted`` one, else the better of those two (see the
+        class)."""
         if self.cfg["prealign_hold"] == 0:
-            return True
+            return refined
         args = (self.models[k], self.normals[k], target, target_normals)
         radius, max_deg = self.cfg["prealign_plane_radius_m"] / 4, self.cfg["prealign_normal_deg"]
-        near, res, _, _ = _plane_pairs(*args, pose, radius, max_deg)
+        near, res, _, _ = _plane_pairs(*args, refined, radius, max_deg)
         if near.sum() < 10:
-            return True
+            return refined
         spread = _robust_spread(res)
-        gain = (_plane_cost(*args, self.poses[k], radius, max_deg, spread)
-                - _plane_cost(*args, pose, radius, max_deg, spread))
-        return gain > self.cfg["prealign_hold"]
+        cost = {name: _plane_cost(*args, T, radius, max_deg, spread)
+                for name, T in (("rest", self.poses[k]), ("velocity", predicted), ("refined", refined))}
+        prior = min(("velocity", "rest"), key=cost.get)  # a tie (points that cannot tell) keeps the motion
+        if cost[prior] - cost["refined"] > self.cfg["prealign_hold"]:
+            return refined
+        return self.poses[k] if prior == "rest" else predicted
 
 
 def apply_motion(means: torch.Tensor, quats: torch.Tensor, labels: torch.Tensor, motion: dict[int, np.ndarray]):

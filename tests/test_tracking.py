@@ -101,6 +101,19 @@ def test_object_poses_hold_a_box_at_rest_and_follow_it_when_it_slides():
     assert abs(moved[1][0, 3] - 0.003) < 1e-3
 
 
+def test_object_poses_keep_the_velocity_where_the_points_cannot_tell():
+    """A box sliding 3 mm a frame along x, then seen only from above: its top face cannot tell whether it
+    still slides, so it keeps its velocity rather than being stopped."""
+    rng = np.random.default_rng(7)
+    poses = ObjectPoses({1: _box_faces(rng, 1500)}, PREALIGN)
+    for t in range(1, 7):
+        seen = _box_faces(rng, 1500)
+        if t > 4:  # the top face alone, away from its edges
+            seen = np.column_stack([rng.uniform(-0.018, 0.018, (500, 2)), 0.0225 + rng.normal(0, 0.0007, 500)])
+        poses.step({1: seen + [0.003 * t, 0, 0]})
+        assert np.abs(poses.poses[1][:3, 3] - [0.003 * t, 0, 0]).max() < 1e-3, t
+
+
 def test_point_to_plane_holds_a_noisy_box_rotation():
     """Three faces of a 45 mm box seen with 1 mm depth noise along the view, turned 5 degrees: point to
     point ICP lets the noisy faces pull together and keeps some of the turn wrong; the point-to-plane
