@@ -374,12 +374,10 @@ def _icp_plane(model: np.ndarray, normals: np.ndarray, target: np.ndarray, targe
     return T
 
 
-def _plane_cost(model: np.ndarray, normals: np.ndarray, target: np.ndarray, target_normals: np.ndarray,
-               T: np.ndarray, radius: float, max_normal_deg: float, spread: float) -> float:
-    """Huber cost (threshold 2, as ``_icp_plane`` weights) of the point-to-plane residuals of ``target``
-    against the model posed at ``T``, in units of ``spread``; a point without a pair counts as one at the
-    radius, so that a pose is not favoured for pairing fewer points."""
-    near, res, _, _ = _plane_pairs(model, normals, target, target_normals, T, radius, max_normal_deg)
+def _plane_cost(near: np.ndarray, res: np.ndarray, radius: float, spread: float) -> float:
+    """Huber cost (threshold 2, as ``_icp_plane`` weights), in units of ``spread``, of a pose's point-to-plane
+    residuals ``res`` from ``_plane_pairs``; a target point without a pair (``near`` false) counts as one
+    at the radius, so that a pose is not favoured for pairing fewer points."""
     a = np.concatenate([np.abs(res), np.full(int((~near).sum()), radius)]) / spread
     return float(np.where(a <= 2, 0.5 * a ** 2, 2 * a - 2).sum())
 
@@ -443,14 +441,15 @@ class ObjectPoses:
         class)."""
         if self.cfg["prealign_hold"] == 0:
             return refined
-        args = (self.models[k], self.normals[k], target, target_normals)
-        radius, max_deg = self.cfg["prealign_plane_radius_m"] / 4, self.cfg["prealign_normal_deg"]
-        near, res, _, _ = _plane_pairs(*args, refined, radius, max_deg)
+        radius = self.cfg["prealign_plane_radius_m"] / 4
+        pairs = {name: _plane_pairs(self.models[k], self.normals[k], target, target_normals, T, radius,
+                                    self.cfg["prealign_normal_deg"])[:2]
+                 for name, T in (("rest", self.poses[k]), ("velocity", predicted), ("refined", refined))}
+        near, res = pairs["refined"]
         if near.sum() < 10:
             return refined
         spread = _robust_spread(res)
-        cost = {name: _plane_cost(*args, T, radius, max_deg, spread)
-                for name, T in (("rest", self.poses[k]), ("velocity", predicted), ("refined", refined))}
+        cost = {name: _plane_cost(near, res, radius, spread) for name, (near, res) in pairs.items()}
         prior = min(("velocity", "rest"), key=cost.get)  # a tie (points that cannot tell) keeps the motion
         if cost[prior] - cost["refined"] > self.cfg["prealign_hold"]:
             return refined
