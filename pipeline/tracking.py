@@ -449,7 +449,7 @@ class ObjectPoses:
         if near.sum() < 10:
             return refined
         spread = _robust_spread(res)
-        cost = {name: _plane_cost(near, res, radius, spread) for name, (near, res) in pairs.items()}
+        cost = {name: _plane_cost(*pair, radius, spread) for name, pair in pairs.items()}
         prior = min(("velocity", "rest"), key=cost.get)  # a tie (points that cannot tell) keeps the motion
         if cost[prior] - cost["refined"] > self.cfg["prealign_hold"]:
             return refined
