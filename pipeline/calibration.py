@@ -12,6 +12,8 @@
    frame itself. Camera and board poses are chained outwards from the anchor over shared views.
 4. All camera extrinsics and board poses are refined jointly (bundle adjustment with scipy
    least_squares, Huber loss, sparse Jacobian) over every corner observation.
+5. A synchronisation check adjusts the rig again with each camera's frames paired one frame earlier
+   and later than recorded; a camera that fits far better shifted is named (``frame_lag``).
 
 The artifact holds world-to-camera extrinsics of the colour cameras and, through the recorded
 extrinsics between a unit's sensors, of the depth and right infrared cameras; per-camera reprojection
@@ -40,6 +42,8 @@ from .geometry import invert_T, make_T
 PNP_MAX_RMS_PX = 3.0  # a view whose own board pose fits worse than this is a misdetection
 OUTLIER_SIGMAS = 5.0  # corner observations beyond this many robust sigmas of the residuals are dropped ...
 OUTLIER_MIN_PX = 0.75  # ... but never those within this many pixels
+LAG_SHIFTS = (-1, 0, 1)  # frame pairings tried per camera by the synchronisation check
+LAG_GAIN = 0.5  # a camera is reported out of step where another pairing at least halves its residual
 
 
 class CalibrationError(RuntimeError):
@@ -200,6 +204,34 @@ def bundle_adjust(obs: Observations, corners3d, K, dist, T_cw, T_wb, anchor_fram
     return T_cw, T_wb, obs, err
 
 
+def frame_lag_check(obs: Observations, err: np.ndarray, corners3d, K, dist, T_cw, T_wb, anchor_frame: int):
+    """Whether each camera's frames are paired with the others' in step, from all corner observations
+    ``obs`` and their (n,) residuals ``err`` as first adjusted (before outliers are dropped: a lagging
+    camera's views would be dropped as outliers). Per camera c and shift s in ``LAG_SHIFTS``: camera c's
+    frame t is taken to show the board of frame t + s, the rig is adjusted again and the median of camera
+    c's corner residuals kept. Returns the (C, len(LAG_SHIFTS)) medians in px (NaN where a shift leaves the
+    camera no view shared with the others) and the (C,) shift each camera fits best where it at least
+    halves the median of the recorded pairing (0 otherwise): -1 says the camera runs a frame behind.
+    The calibration itself keeps the recorded pairing; the check names a lag for the user to fix."""
+    C, T = len(T_cw), len(T_wb)
+    residual = np.full((C, len(LAG_SHIFTS)), np.nan)
+    for c in range(C):
+        for i, shift in enumerate(LAG_SHIFTS):
+            if shift == 0:
+                residual[c, i] = np.median(err[obs.camera == c])
+                continue
+            frame = np.where(obs.camera == c, obs.frame + shift, obs.frame)
+            keep = (frame >= 0) & (frame < T)
+            shifted = Observations(obs.camera[keep], frame[keep], obs.corner[keep], obs.uv[keep])
+            _, _, kept, shifted_err = bundle_adjust(shifted, corners3d, K, dist, T_cw, T_wb, anchor_frame)
+            if (kept.camera == c).any():
+                residual[c, i] = np.median(shifted_err[kept.camera == c])
+    recorded = residual[:, LAG_SHIFTS.index(0)]
+    best = np.argmin(np.where(np.isfinite(residual), residual, np.inf), axis=1)
+    lag = np.where(residual[np.arange(C), best] < LAG_GAIN * recorded, np.asarray(LAG_SHIFTS)[best], 0)
+    return residual, lag
+
+
 def calibrate(color, K, dist, board_cfg: dict, names: list[str], intrinsics: str = "recording",
               anchor: str = "table", anchor_frame: int | None = None) -> dict:
     C, T = color.shape[:2]
@@ -222,6 +254,7 @@ def calibrate(color, K, dist, board_cfg: dict, names: list[str], intrinsics: str
     T_world_anchor = T_world_board_on_table(board_cfg) if anchor == "table" else np.eye(4)
     T_cw, T_wb = chain(poses, C, T, anchor_frame, T_world_anchor, names)
     T_cw, T_wb, used, err = bundle_adjust(obs, corners3d, K, dist, T_cw, T_wb, anchor_frame)
+    lag_residual, lag = frame_lag_check(used, err, corners3d, K, dist, T_cw, T_wb, anchor_frame)
     # Misplaced corners (a subpixel refinement that slid to a marker edge) would pull the fit: drop
     # observations far outside the robust spread of the residuals and adjust again.
     limit = max(OUTLIER_MIN_PX, OUTLIER_SIGMAS * 1.4826 * float(np.median(err)))
@@ -239,7 +272,7 @@ def calibrate(color, K, dist, board_cfg: dict, names: list[str], intrinsics: str
             "reproj_rms_px": np.sqrt(sq.sum(axis=1) / n.sum(axis=1)),
             "reproj_rms_all_px": float(np.sqrt(np.mean(err**2))), "corner_counts": counts,
             "n_views": (n > 0).sum(axis=1), "n_corners": n.sum(axis=1), "n_rejected": rejected, "outlier_limit_px": limit,
-            "anchor": anchor, "anchor_frame": anchor_frame}
+            "anchor": anchor, "anchor_frame": anchor_frame, "lag_residual_px": lag_residual, "frame_lag": lag}
 
 
 def write_calibration(capture_path: str, board_cfg: dict, intrinsics: str, anchor: str, out: str,
@@ -271,6 +304,11 @@ def write_calibration(capture_path: str, board_cfg: dict, intrinsics: str, ancho
         put(g, "n_rejected", result["n_rejected"],
             {"what": "corner observations dropped as outliers, per camera", "limit_px": result["outlier_limit_px"]})
         put(g, "corner_counts", result["corner_counts"], {"what": "corners detected per camera and frame"})
+        put(g, "lag_residual_px", result["lag_residual_px"],
+            {"unit": "px", "shifts": list(LAG_SHIFTS),
+             "what": "median corner residual per camera with its frame t paired with the board of frame t + shift"})
+        put(g, "frame_lag", result["frame_lag"],
+            {"what": "per camera, the shift that at least halves its median residual (0: in step; -1: a frame behind)"})
     return {**result, "camera_names": names}
 
 
@@ -304,6 +342,14 @@ def main(argv=None) -> int:
         return 2
     print("reprojection RMS per camera (px): " + ", ".join(f"{r:.3f}" for r in result["reproj_rms_px"]),
           file=sys.stderr)
+    recorded = LAG_SHIFTS.index(0)
+    for c in np.flatnonzero(result["frame_lag"]):
+        shift = int(result["frame_lag"][c])
+        print(f"warning: camera {result['camera_names'][c]} runs a frame {'behind' if shift < 0 else 'ahead of'} "
+              f"the others: its frame t fits the board of their frame t{shift:+d} (median corner residual "
+              f"{result['lag_residual_px'][c, recorded]:.2f} px as paired, "
+              f"{result['lag_residual_px'][c, LAG_SHIFTS.index(shift)]:.2f} px shifted); the calibration keeps the "
+              "recorded pairing: check the recording's synchronisation", file=sys.stderr)
     view_rms = np.nan_to_num(result["view_rms_px"], nan=-1.0)
     worst = np.argsort(view_rms, axis=None)[::-1][:3]
     views = zip(*np.unravel_index(worst, view_rms.shape))
