@@ -12,8 +12,9 @@
    frame itself. Camera and board poses are chained outwards from the anchor over shared views.
 4. All camera extrinsics and board poses are refined jointly (bundle adjustment with scipy
    least_squares, Huber loss, sparse Jacobian) over every corner observation.
-5. A synchronisation check adjusts the rig again with each camera's frames paired one frame earlier
-   and later than recorded; a camera that fits far better shifted is named (``frame_lag``).
+5. A synchronisation check (on the first adjustment, before outliers are dropped) adjusts the rig again
+   with each camera's frames paired one frame earlier and later than recorded; a camera that fits far
+   better shifted is named (``frame_lag``).
 
 The artifact holds world-to-camera extrinsics of the colour cameras and, through the recorded
 extrinsics between a unit's sensors, of the depth and right infrared cameras; per-camera reprojection
@@ -342,12 +343,12 @@ def main(argv=None) -> int:
         return 2
     print("reprojection RMS per camera (px): " + ", ".join(f"{r:.3f}" for r in result["reproj_rms_px"]),
           file=sys.stderr)
-    recorded = LAG_SHIFTS.index(0)
+    as_paired = LAG_SHIFTS.index(0)
     for c in np.flatnonzero(result["frame_lag"]):
         shift = int(result["frame_lag"][c])
         print(f"warning: camera {result['camera_names'][c]} runs a frame {'behind' if shift < 0 else 'ahead of'} "
               f"the others: its frame t fits the board of their frame t{shift:+d} (median corner residual "
-              f"{result['lag_residual_px'][c, recorded]:.2f} px as paired, "
+              f"{result['lag_residual_px'][c, as_paired]:.2f} px as paired, "
               f"{result['lag_residual_px'][c, LAG_SHIFTS.index(shift)]:.2f} px shifted); the calibration keeps the "
               "recorded pairing: check the recording's synchronisation", file=sys.stderr)
     view_rms = np.nan_to_num(result["view_rms_px"], nan=-1.0)
