@@ -412,7 +412,7 @@ class ObjectPoses:
     alone is fitted (the better prior's rotation, translated point to plane) and taken unless the refined
     pose's cost is lower by more than ``prealign_shift_hold``: a cube pushed across the table is registered
     with a rotation jitter of degrees that the shift leaves out (cube_stacks labels' median rotation error
-    1.74 / 2.21 / 2.82 / 1.66 -> 1.28 / 2.08 / 2.21 / 1.73 degrees on train_0000 / train_0001 / val_0000 /
+    1.74 / 2.21 / 2.82 / 1.66 -> 1.33 / 1.96 / 2.19 / 1.72 degrees on train_0000 / train_0001 / val_0000 /
     test_0000); offered to every object instead, a tumbling cube's turn is taken late."""
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
