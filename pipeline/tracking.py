@@ -471,7 +471,8 @@ class ObjectPoses:
             return refined
         # An object that was not turning and whose refined pose turns it only a little: the shift alone,
         # unless the turn explains the points by far more than the hold (a jitter of the registration's
-        # rotation would otherwise be taken whenever the object slides).
+        # rotation would otherwise be taken whenever the object slides). It starts with its centroid where the
+        # refined pose puts it, so half the refinement's radius and four steps suffice.
         shifted = base.copy()
         centroid = self.models[k].mean(0)
         shifted[:3, 3] += transform_points(refined, centroid[None])[0] - transform_points(base, centroid[None])[0]
