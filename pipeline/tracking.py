@@ -454,9 +454,13 @@ class ObjectPoses:
         if self.cfg["prealign_hold"] == 0:
             return refined
         radius = self.cfg["prealign_plane_radius_m"] / 4
-        pairs = {name: _plane_pairs(self.models[k], self.normals[k], target, target_normals, T, radius,
-                                    self.cfg["prealign_normal_deg"])[:2]
-                 for name, T in (("rest", self.poses[k]), ("velocity", predicted), ("refined", refined))}
+
+        def pairs_at(T):
+            return _plane_pairs(self.models[k], self.normals[k], target, target_normals, T, radius,
+                                self.cfg["prealign_normal_deg"])[:2]
+
+        pairs = {name: pairs_at(T) for name, T in (("rest", self.poses[k]), ("velocity", predicted),
+                                                   ("refined", refined))}
         near, res = pairs["refined"]
         if near.sum() < 10:
             return refined
@@ -473,15 +477,13 @@ class ObjectPoses:
         # unless the turn explains the points by far more than the hold (a jitter of the registration's
         # rotation would otherwise be taken whenever the object slides). It starts with its centroid where the
         # refined pose puts it, so half the refinement's radius and four steps suffice.
+        centroid = self.models[k].mean(0)[None]
         shifted = base.copy()
-        centroid = self.models[k].mean(0)
-        shifted[:3, 3] += transform_points(refined, centroid[None])[0] - transform_points(base, centroid[None])[0]
+        shifted[:3, 3] += transform_points(refined, centroid)[0] - transform_points(base, centroid)[0]
         shifted = _icp_plane(self.models[k], self.normals[k], target, target_normals, shifted,
                              self.cfg["prealign_plane_radius_m"] / 2, 4, self.cfg["prealign_normal_deg"],
                              rotate=False)
-        near_s, res_s = _plane_pairs(self.models[k], self.normals[k], target, target_normals, shifted, radius,
-                                     self.cfg["prealign_normal_deg"])[:2]
-        if _plane_cost(near_s, res_s, radius, spread) - cost["refined"] > self.cfg["prealign_shift_hold"]:
+        if _plane_cost(*pairs_at(shifted), radius, spread) - cost["refined"] > self.cfg["prealign_shift_hold"]:
             return refined
         return shifted
 
