@@ -8,7 +8,8 @@ Offline backend (``fused``, the default; no downloaded weights): every camera's 
 lifted into the calibrated world frame and what stands above the table inside the workspace is fused
 into one point cloud per frame; points that other cameras see through (free space) are carved away.
 At the first frame the cloud is split into objects by 3D connectivity (voxels sharing a face, edge or
-corner) and colour; each object keeps these points as a rigid model (``RigidObjects``) whose pose is tracked
+corner) and colour, and a part that two cameras do not both see is dropped (a stereo mismatch); each
+object keeps these points as a rigid model (``RigidObjects``) whose pose is tracked
 through the later frames by ICP against the fused cloud from a constant-velocity prediction. Each
 pixel takes the id of the object that best explains its own 3D point and its colour (``assign``), so
 occlusion is decided by the view's depth and one object has one id in every view. The masks are then
@@ -172,6 +173,14 @@ def colour_log_likelihood(bins: np.ndarray) -> np.ndarray:
     return np.log(counts / counts.sum()).ravel()
 
 
+def seen_by_cameras(cameras: np.ndarray, cfg: dict) -> bool:
+    """Whether the (M,) cameras that saw a cluster's points make it an object: two of them at least each
+    see ``camera_share`` of its points. A thing in the workspace is seen by more than one camera; a cloud
+    that one camera alone sees is its matcher's mistake (bowling train_0000: background beyond the table,
+    without texture, matched at half a metre for a frame)."""
+    return bool((np.bincount(cameras) >= cfg["camera_share"] * len(cameras)).sum() >= 2)
+
+
 class RigidObjects:
     """Objects as rigid point models tracked through the frames.
 
@@ -250,9 +259,9 @@ class RigidObjects:
                 predicted[k] = (R, t)
         return predicted
 
-    def track(self, points: np.ndarray, bins: np.ndarray) -> np.ndarray:
-        """Move every object onto this frame's (N,3) fused points with (N,) chromaticity bins; returns
-        their (N,) ids (0 = none)."""
+    def track(self, points: np.ndarray, bins: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+        """Move every object onto this frame's (N,3) fused points with (N,) chromaticity bins, seen by the
+        (N,) cameras; returns their (N,) ids (0 = none)."""
         cfg = self.cfg
         poses = self.predict()
         pairs = {k: 0 for k in poses}
@@ -270,7 +279,7 @@ class RigidObjects:
         self.previous, self.poses = self.poses, poses
         for k in [k for k, n in pairs.items() if n < 10]:
             self.relocalise(k, points)
-        return self.label(points, bins)
+        return self.label(points, bins, cameras)
 
     def relocalise(self, k: int, points: np.ndarray) -> None:
         """Re-find object k, which no fused point supports at its predicted pose (it fell or was struck
@@ -313,11 +322,11 @@ class RigidObjects:
         if best[1] is not None:
             self.poses[k] = self.previous[k] = best[1]
 
-    def label(self, points: np.ndarray, bins: np.ndarray) -> np.ndarray:
-        """(N,) ids of fused points with (N,) chromaticity bins: ``assign`` within ``track_radius_m``.
-        Points left over are grouped into components; one within ``reattach_radius_m`` of an object takes
-        its id (fast motion outran the prediction), one further away that holds ``min_points`` becomes a
-        new object."""
+    def label(self, points: np.ndarray, bins: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+        """(N,) ids of fused points with (N,) chromaticity bins, seen by the (N,) cameras: ``assign``
+        within ``track_radius_m``. Points left over are grouped into components; one within
+        ``reattach_radius_m`` of an object takes its id (fast motion outran the prediction), one further
+        away becomes a new object if it holds ``min_points`` and two cameras see it (``seen_by_cameras``)."""
         cfg = self.cfg
         if len(points) == 0:
             return np.zeros(0, int)
@@ -333,7 +342,7 @@ class RigidObjects:
                 if np.isfinite(dist).any():
                     labels[members] = ids[idx[np.argmin(dist)]]
                     continue
-            if len(members) >= cfg["min_points"]:
+            if len(members) >= cfg["min_points"] and seen_by_cameras(cameras[members], cfg):
                 new = self.next_id
                 labels[members] = new
                 self.add(points[members], bins[members], np.full(len(members), new))
@@ -561,23 +570,29 @@ class FusedFrames:
 
     def __call__(self, t: int):
         """Frame t's (C,H,W) depths, per view (world points, flat pixel indices, chromaticity bins) of its
-        pixels with depth, and the (N,3) fused, carved foreground points of all views with their (N,) bins."""
+        pixels with depth, and the (N,3) fused, carved foreground points of all views with their (N,) bins
+        and (N,) camera indices."""
         depths, per_view, fused = self.fuse(t)
         points = np.concatenate([p[m] for (p, _, _), m in zip(per_view, fused)])
         bins = np.concatenate([b[m] for (_, _, b), m in zip(per_view, fused)])
-        return depths, per_view, points, bins
+        cameras = np.concatenate([np.full(m.sum(), c) for c, m in enumerate(fused)])
+        return depths, per_view, points, bins, cameras
 
     def first_objects(self):
-        """The first frame as from ``self(0)``, with the fused points' object labels: 3D connectivity,
-        then each connected object cut where its colours split (``split_by_colour``)."""
+        """The first frame as from ``self(0)``, with the fused points' object labels 1..K: 3D connectivity,
+        then each connected object cut where its colours split (``split_by_colour``); a part that too few
+        cameras see (``seen_by_cameras``) is no object."""
         cfg = self.cfg
-        depths, per_view, points, bins = self(0)
+        depths, per_view, points, bins, cameras = self(0)
         labels = connected_objects(points, cfg["voxel_m"], cfg["min_points"])
-        if not labels.any():
-            raise MasksError(f"{self.source}: nothing stands above the table in any view at the first "
-                             f"frame (clearance {cfg['table_clearance_m']} m); is the calibration right?")
         labels = split_by_colour(points, bins, labels, cfg["min_points"], cfg["colour_split_overlap"])
-        return depths, per_view, points, bins, labels
+        seen = [k for k in np.unique(labels[labels > 0]) if seen_by_cameras(cameras[labels == k], cfg)]
+        if not seen:
+            raise MasksError(f"{self.source}: nothing stands above the table in two views at the first "
+                             f"frame (clearance {cfg['table_clearance_m']} m); is the calibration right?")
+        relabel = np.zeros(labels.max() + 1, int)
+        relabel[seen] = np.arange(1, len(seen) + 1)
+        return depths, per_view, points, bins, cameras, relabel[labels]
 
 
 def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
@@ -589,12 +604,12 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
     counts = np.zeros(T, int)
     for t in tqdm(range(T), desc="masks (fused)", unit="frame", file=sys.stderr):
         if t == 0:
-            depths, per_view, points, bins, first = frames.first_objects()
+            depths, per_view, points, bins, cameras, first = frames.first_objects()
             objects.add(points, bins, first)
-            labels = objects.label(points, bins)
+            labels = objects.label(points, bins, cameras)
         else:
-            depths, per_view, points, bins = frames(t)
-            labels = objects.track(points, bins)
+            depths, per_view, points, bins, cameras = frames(t)
+            labels = objects.track(points, bins, cameras)
         views = label_views(per_view, (H, W), objects, cfg)
         frame_colour, image_bins = frames.frame_colour(t)
         if parallax is not None:

@@ -70,7 +70,7 @@ def prompts_for(frames, camera_names: list[str], cfg: dict, shape: tuple[int, in
                 "frame": p["frame"], "box": p.get("box"), "points": points,
                 "labels": p.get("point_labels", [1] * len(points))}
         return prompts
-    depths, _, points, _, labels = frames.first_objects()
+    depths, _, points, _, _, labels = frames.first_objects()
     for view, auto in zip(prompts, cluster_prompts(points, labels, frames.K, frames.T_cw, shape, depths,
                                                    cfg["min_prompt_pixels"])):
         for k, p in auto.items():
