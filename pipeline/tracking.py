@@ -408,12 +408,12 @@ class ObjectPoses:
     velocity instead of being stopped.
 
     Where the refined pose passes that test for an object that was not turning (its last motion turned it
-    by under ``prealign_shift_turn_deg``), the shift alone is fitted (the better prior's rotation,
-    translated point to plane) and taken unless the refined pose's cost is lower by more than
-    ``prealign_shift_hold``: a cube at rest or pushed across the table is registered with a rotation jitter
-    of degrees (5-13 where it passes the hold) that the shift leaves out (cube_stacks labels' median
-    rotation error 1.74 / 2.21 / 2.82 / 1.66 -> 1.67 / 1.81 / 1.92 / 1.62 degrees on train_0000 / train_0001 /
-    val_0000 / test_0000); offered to every object instead, a tumbling cube's turn is taken late."""
+    by under ``prealign_shift_turn_deg``), the shift
+    alone is fitted (the better prior's rotation, translated point to plane) and taken unless the refined
+    pose's cost is lower by more than ``prealign_shift_hold``: a cube pushed across the table is registered
+    with a rotation jitter of degrees that the shift leaves out (cube_stacks labels' median rotation error
+    1.74 / 2.21 / 2.82 / 1.66 -> 1.33 / 1.96 / 2.19 / 1.72 degrees on train_0000 / train_0001 / val_0000 /
+    test_0000); offered to every object instead, a tumbling cube's turn is taken late."""
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
         self.models = {k: v for k, v in first.items() if len(v) >= 20}
