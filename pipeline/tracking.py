@@ -408,7 +408,7 @@ class ObjectPoses:
     velocity instead of being stopped.
 
     Where the refined pose passes that test for an object that was not turning (its last motion turned it
-    by under ``prealign_shift_turn_deg``), the shift
+    by under ``prealign_shift_turn_deg``) and turns it only a little (``prealign_shift_max_deg``), the shift
     alone is fitted (the better prior's rotation, translated point to plane) and taken unless the refined
     pose's cost is lower by more than ``prealign_shift_hold``: a cube pushed across the table is registered
     with a rotation jitter of degrees that the shift leaves out (cube_stacks labels' median rotation error
@@ -470,11 +470,12 @@ class ObjectPoses:
         base = self.poses[k] if prior == "rest" else predicted
         if cost[prior] - cost["refined"] <= self.cfg["prealign_hold"]:
             return base
-        if rotation_angle_deg(self.velocity[k][:3, :3], np.eye(3)) >= self.cfg["prealign_shift_turn_deg"]:
+        if rotation_angle_deg(self.velocity[k][:3, :3], np.eye(3)) >= self.cfg["prealign_shift_turn_deg"] \
+                or rotation_angle_deg(refined[:3, :3], base[:3, :3]) > self.cfg["prealign_shift_max_deg"]:
             return refined
-        # An object that was not turning: the shift alone, unless the turn explains the points by far more
-        # than the hold (the registration's rotation jitters by 5-13 degrees on cubes at rest or sliding, and
-        # would otherwise be taken whenever one passes the hold). It starts with its centroid where the
+        # An object that was not turning and whose refined pose turns it only a little: the shift alone,
+        # unless the turn explains the points by far more than the hold (a jitter of the registration's
+        # rotation would otherwise be taken whenever the object slides). It starts with its centroid where the
         # refined pose puts it, so half the refinement's radius and four steps suffice.
         centroid = self.models[k].mean(0)[None]
         shifted = base.copy()

@@ -49,7 +49,7 @@ def test_robust_motion_rejects_outliers():
 
 PREALIGN = {"prealign_radius_m": 0.03, "prealign_plane_radius_m": 0.01, "prealign_iterations": 10,
             "prealign_min_share": 0.25, "prealign_normal_deg": 45.0, "prealign_hold": 40.0,
-            "prealign_shift_turn_deg": 1.0, "prealign_shift_hold": 160.0}
+            "prealign_shift_turn_deg": 1.0, "prealign_shift_max_deg": 5.0, "prealign_shift_hold": 160.0}
 
 
 def _box_faces(rng, n):
