@@ -165,12 +165,13 @@ def test_a_cloud_that_one_camera_alone_sees_is_no_new_object():
     cameras do not make a speck of fewer than ``min_points`` an object."""
     rng = np.random.default_rng(8)
     tracked = _box([0, 0, 0.04], rng)
-    for n, cameras_of_new, expected in ((400, np.zeros(400, int), 0),
-                                        (400, np.r_[np.zeros(395, int), np.ones(5, int)], 0),
-                                        (400, np.arange(400) % 2, 2), (10, np.arange(10) % 2, 0)):
+    box, speck = _box([0.3, 0, 0.04], rng), _box([0.3, 0, 0.04], rng, 10, (0.005,) * 3)
+    for new, cameras_of_new, expected in ((box, np.zeros(400, int), 0),
+                                          (box, np.r_[np.zeros(395, int), np.ones(5, int)], 0),
+                                          (box, _two_cameras(box), 2), (speck, _two_cameras(speck), 0)):
         objects = RigidObjects(CFG)
         objects.add(tracked, np.zeros(400, int), np.ones(400, int))
-        pts = np.concatenate([tracked, _box([0.3, 0, 0.04], rng, n, (0.005,) * 3 if n < 20 else (0.04, 0.04, 0.08))])
+        pts = np.concatenate([tracked, new])
         labels = objects.label(pts, np.zeros(len(pts), int), np.r_[_two_cameras(tracked), cameras_of_new])
         assert (labels[:400] == 1).all() and (labels[400:] == expected).mean() > 0.98, cameras_of_new[-10:]
         assert objects.next_id == max(expected, 1) + 1
