@@ -44,8 +44,10 @@ def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.nda
     more than a pixel behind. Then occluded and unmatched pixels are filled from the nearer-background
     neighbour in their row, and a small median filter removes isolated errors.
     """
-    if p.upsample > 1:
-        left, right = upsample(left, p.upsample), upsample(right, p.upsample)
+    s = p.upsample
+    if s > 1:
+        left = cv2.resize(left, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC)
+        right = cv2.resize(right, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC)
     disparity = _sgbm(left, right, p, p.block_size, p.p1, p.p2)
     matched = disparity >= p.min_disparity
     if p.edge_block_size:
@@ -62,15 +64,6 @@ def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.nda
     return disparity, matched
 
 
-def upsample(image: np.ndarray, s: int) -> np.ndarray:
-    """(s H, s W) bicubic upsampling of an (H,W) image that puts its pixel (s i, s j) on pixel (i, j), so
-    that every s-th sample of a disparity computed on it is an original pixel's (cv2.resize aligns the
-    images' corners instead: for even s no sample falls on an original pixel centre)."""
-    H, W = image.shape
-    return cv2.warpAffine(image, np.array([[s, 0, 0], [0, s, 0]], np.float64), (W * s, H * s),
-                          flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-
-
 def _sgbm(left: np.ndarray, right: np.ndarray, p: MatcherParams, block_size: int, p1: int, p2: int) -> np.ndarray:
     """StereoSGBM disparity (pixels of the original grid) of a pair upsampled ``p.upsample`` times, sampled
     back at the original pixels; below ``p.min_disparity`` where unmatched."""
@@ -81,7 +74,7 @@ def _sgbm(left: np.ndarray, right: np.ndarray, p: MatcherParams, block_size: int
                                  speckleWindowSize=p.speckle_window, speckleRange=p.speckle_range,
                                  mode=cv2.STEREO_SGBM_MODE_HH)
     raw = sgbm.compute(left, right).astype(np.float32) / (16.0 * s)
-    return raw[::s, ::s]  # back to the original grid (see ``upsample``)
+    return raw[s // 2::s, s // 2::s]  # back to the original grid: the sample nearest each pixel centre
 
 
 def fill_from_background(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.depth import DepthError, write_depth
 from pipeline.geometry import make_T
 from pipeline.quality.depth import bad1_fraction, depth_figures
-from pipeline.stereo import MatcherParams, match, register, upsample
+from pipeline.stereo import MatcherParams, match, register
 
 from .conftest import external, run_module
 
@@ -25,17 +25,6 @@ def test_tsukuba_bad1(default_config):
     gt = cv2.imread(str(root / "groundtruth.bmp"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 16.0
     # Tsukuba's disparities stay below 16 px: the configured matcher with a 16 px search.
     assert bad1_fraction(left, right, gt, _params(default_config, num_disparities=16)) <= 0.05
-
-
-def test_upsampling_keeps_every_original_pixel_on_the_fine_grid():
-    """The matcher's fine grid holds each original pixel at (s i, s j) with its own value, so every s-th
-    disparity is an original pixel's (cv2.resize would put them a quarter pixel off for s = 2)."""
-    rng = np.random.default_rng(1)
-    image = rng.integers(0, 256, (24, 32), dtype=np.uint8)
-    for s in (2, 3):
-        fine = upsample(image, s)
-        assert fine.shape == (24 * s, 32 * s)
-        assert (fine[::s, ::s] == image).all(), s
 
 
 def test_subpixel_disparity_of_a_shifted_random_dot_pair(default_config):
