@@ -21,8 +21,8 @@ that object's id where its colour model explains the pixel's colour better (``co
 object stands in front of another, the depth smears the near one's id over the far one's edge. Objects of
 one colour (pins) are told apart there by their posed models instead (``reassign_by_models``): a pixel that
 its own object's model does not reach goes to the object whose model is in front there; and where two
-touching objects of one colour step in depth, the nearer one's border pixels go to the farther one
-(``yield_occluding_edges``: the depth, and so the id, of a near object is a pixel too fat).
+touching objects' depths step, the nearer one's border pixels go to the farther one where its colour fits
+as well (``yield_occluding_edges``: the depth, and so the id, of a near object is a pixel too fat).
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -442,21 +442,15 @@ def touching_pixels(ids: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ps), np.concatenate(qs)
 
 
-# Two objects look alike where the Bhattacharyya coefficient of their colour models is above this: one
-# colour gives 0.99-1.0, different colours stay below 0.7 (the models' smoothing and floor keep them above 0).
-ALIKE_COLOURS = 0.9
-
-
 def yield_occluding_edges(ids: np.ndarray, depth: np.ndarray, bins: np.ndarray, log_colour: dict, step_m: float,
                           margin: float) -> np.ndarray:
     """(H,W) ids with the nearer of two touching objects giving its border pixels (4-neighbours of the
     other's pixels) to the farther one, where their border pixels' depths (H,W metres, 0 = none; medians
-    over each side of the border) differ by more than ``step_m``, the two objects look alike
-    (``ALIKE_COLOURS``) and the farther one's colour model (``log_colour``, of the (H,W) chromaticity
-    ``bins``) explains the pixel within ``margin`` nats of the nearer one's. Stereo matching and the
-    registration into the colour camera fatten a near object's depth, and so its id, by about a pixel over
-    what stands behind it; where the two differ in colour ``colour_relabel`` has decided that pixel by its
-    colour already, where they look alike (a pin behind a pin) only this can."""
+    over each side of the border) differ by more than ``step_m`` and the farther object's colour model
+    (``log_colour``, of the (H,W) chromaticity ``bins``) explains the pixel within ``margin`` nats of the
+    nearer one's. Stereo matching and the registration into the colour camera fatten a near object's depth,
+    and so its id, by about a pixel over what stands behind it; where the two differ in colour
+    ``colour_relabel`` has already decided, where they look alike (a pin behind a pin) only this can."""
     flat_ids, flat_depth, flat_bins = ids.ravel().astype(np.int64), depth.ravel(), bins.ravel()
     n = int(flat_ids.max()) + 1
     p, q = touching_pixels(ids, NEIGHBOURS_8)
@@ -471,12 +465,10 @@ def yield_occluding_edges(ids: np.ndarray, depth: np.ndarray, bins: np.ndarray, 
     colour = np.zeros((n, CHROMA_BINS**2))
     for k in np.unique(flat_ids[flat_ids > 0]):
         colour[k] = log_colour[int(k)]
-    root_p = np.exp(0.5 * colour)
-    alike = root_p @ root_p.T >= ALIKE_COLOURS  # (n,n) objects whose colours are one (``ALIKE_COLOURS``)
     p, q = touching_pixels(ids, NEIGHBOURS_4)
     a, b, pixel_bins = flat_ids[p], flat_ids[q], flat_bins[p]
     give = ((border_depth[a, b] < border_depth[b, a] - step_m)  # False where either side has no depth
-            & alike[a, b] & (colour[b, pixel_bins] >= colour[a, pixel_bins] - margin))
+            & (colour[b, pixel_bins] >= colour[a, pixel_bins] - margin))
     out = flat_ids.copy()
     out[p[give]] = b[give]
     return out.reshape(ids.shape).astype(ids.dtype)

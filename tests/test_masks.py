@@ -136,22 +136,19 @@ def test_models_give_a_depth_smear_back_to_the_object_behind():
 
 def test_a_near_object_gives_its_border_pixel_to_the_object_behind_it():
     """Pin A (columns 10-19, 1.0 m) stands before pin B (columns 20-39, 1.1 m), one colour; A's id is one
-    pixel too fat (column 20). That column goes to B; nothing else moves. It stays A where the two differ
-    in colour (even where the pixel's colour fits neither), where the depths step by less than step_m, and
-    where A's border has no depth."""
+    pixel too fat (column 20). That column goes to B; nothing else moves. It stays A where B's colour does
+    not fit, where the depths step by less than step_m, and where A's border has no depth."""
     view = np.zeros((30, 50), np.uint16)
     view[5:25, 10:21], view[5:25, 21:40] = 1, 2
     depth = np.zeros((30, 50), np.float32)
     depth[5:25, 10:21], depth[5:25, 21:40] = 1.0, 1.1
-    bins = np.full((30, 50), 70)
-    white = colour_log_likelihood(np.full(100, 70))
-    same = {1: white, 2: white}
+    bins = np.zeros((30, 50), int)
+    same = {1: np.zeros(144), 2: np.zeros(144)}
     out = yield_occluding_edges(view, depth, bins, same, step_m=0.01, margin=1.0)
     expected = view.copy()
     expected[5:25, 20] = 2
     assert (out == expected).all()
-    unlike = {1: colour_log_likelihood(np.full(100, 0)), 2: colour_log_likelihood(np.full(100, 143))}
-    assert unlike[1][70] == unlike[2][70]  # the pixel's colour fits both equally (badly)
+    unlike = {1: np.zeros(144), 2: np.full(144, -5.0)}
     assert (yield_occluding_edges(view, depth, bins, unlike, step_m=0.01, margin=1.0) == view).all()
     assert (yield_occluding_edges(view, depth, bins, same, step_m=0.2, margin=1.0) == view).all()
     no_border_depth = depth.copy()
