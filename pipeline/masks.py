@@ -20,9 +20,7 @@ follows silhouettes at the colour image's resolution. Last, a pixel near another
 that object's id where its colour model explains the pixel's colour better (``colour_relabel``): where one
 object stands in front of another, the depth smears the near one's id over the far one's edge. Objects of
 one colour (pins) are told apart there by their posed models instead (``reassign_by_models``): a pixel that
-its own object's model does not reach goes to the object whose model is in front there; and where two
-touching objects' depths step, the nearer one's border pixels go to the farther one where its colour fits
-as well (``yield_occluding_edges``: the depth, and so the id, of a near object is a pixel too fat).
+its own object's model does not reach goes to the object whose model is in front there.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -421,59 +419,6 @@ def reassign_by_models(view: np.ndarray, front: np.ndarray, rows: np.ndarray, co
     return np.where(move, front, view).astype(view.dtype)
 
 
-NEIGHBOURS_8 = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
-NEIGHBOURS_4 = [(-1, 0), (0, -1), (0, 1), (1, 0)]
-
-
-def touching_pixels(ids: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
-    """(M,) flat indices of pixels p and (M,) of their neighbours q, at any of the (dy, dx) ``offsets``,
-    where p and q carry two different object ids (neither background)."""
-    H, W = ids.shape
-    rows, cols = np.mgrid[0:H, 0:W]
-    ps, qs = [], []
-    for dy, dx in offsets:
-        r, c = rows + dy, cols + dx
-        inside = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-        p, q = (rows * W + cols)[inside], (r * W + c)[inside]
-        a, b = ids.ravel()[p], ids.ravel()[q]
-        touch = (a > 0) & (b > 0) & (a != b)
-        ps.append(p[touch])
-        qs.append(q[touch])
-    return np.concatenate(ps), np.concatenate(qs)
-
-
-def yield_occluding_edges(ids: np.ndarray, depth: np.ndarray, bins: np.ndarray, log_colour: dict, step_m: float,
-                          margin: float) -> np.ndarray:
-    """(H,W) ids with the nearer of two touching objects giving its border pixels (4-neighbours of the
-    other's pixels) to the farther one, where their border pixels' depths (H,W metres, 0 = none; medians
-    over each side of the border) differ by more than ``step_m`` and the farther object's colour model
-    (``log_colour``, of the (H,W) chromaticity ``bins``) explains the pixel within ``margin`` nats of the
-    nearer one's. Stereo matching and the registration into the colour camera fatten a near object's depth,
-    and so its id, by about a pixel over what stands behind it; where the two differ in colour
-    ``colour_relabel`` has already decided, where they look alike (a pin behind a pin) only this can."""
-    flat_ids, flat_depth, flat_bins = ids.ravel().astype(np.int64), depth.ravel(), bins.ravel()
-    n = int(flat_ids.max()) + 1
-    p, q = touching_pixels(ids, NEIGHBOURS_8)
-    p, q = p[flat_depth[p] > 0], q[flat_depth[p] > 0]
-    pair = flat_ids[p] * n + flat_ids[q]
-    order = np.lexsort((flat_depth[p], pair))
-    pairs, start = np.unique(pair[order], return_index=True)
-    stop = np.r_[start[1:], len(order)]
-    border_depth = np.full(n * n, np.nan)  # [a * n + b]: median depth of a's pixels that touch b
-    border_depth[pairs] = [np.median(flat_depth[p[order[s:e]]]) for s, e in zip(start, stop)]
-    border_depth = border_depth.reshape(n, n)
-    colour = np.zeros((n, CHROMA_BINS**2))
-    for k in np.unique(flat_ids[flat_ids > 0]):
-        colour[k] = log_colour[int(k)]
-    p, q = touching_pixels(ids, NEIGHBOURS_4)
-    a, b, pixel_bins = flat_ids[p], flat_ids[q], flat_bins[p]
-    give = ((border_depth[a, b] < border_depth[b, a] - step_m)  # False where either side has no depth
-            & (colour[b, pixel_bins] >= colour[a, pixel_bins] - margin))
-    out = flat_ids.copy()
-    out[p[give]] = b[give]
-    return out.reshape(ids.shape).astype(ids.dtype)
-
-
 class TableParallax:
     """Which pixels show the table, by colour consistency of the table plane across views.
 
@@ -688,9 +633,6 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
                 front, rows, cols, point_ids = front_model_ids(model, model_ids, frames.K[c], frames.T_cw[c], (H, W))
                 views[c] = reassign_by_models(views[c], front, rows, cols, point_ids, image_bins[c],
                                               objects.log_colour, cfg["model_reach_px"], cfg["relabel_margin"])
-        if cfg["occlusion_step_m"]:
-            views = np.stack([yield_occluding_edges(views[c], depths[c], image_bins[c], objects.log_colour,
-                                                    cfg["occlusion_step_m"], cfg["relabel_margin"]) for c in range(C)])
         ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
     return counts, len(objects.models)

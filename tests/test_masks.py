@@ -11,7 +11,7 @@ from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
                             colour_relabel, connected_objects, front_model_ids, object_colour_probability,
-                            reassign_by_models, split_by_colour, write_masks, yield_occluding_edges)
+                            reassign_by_models, split_by_colour, write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
@@ -132,28 +132,6 @@ def test_models_give_a_depth_smear_back_to_the_object_behind():
         out = reassign_by_models(view, front, r, c, i, bins, {1: np.zeros(144), 2: log_colour_b}, 1, 1.0)
         assert (out[10:40, 20:31] == 1).all() and (out[10:40, 31:33] == expected_31).all()
         assert (out[10:40, 33:45] == 2).all() and (out[:10] == 0).all()
-
-
-def test_a_near_object_gives_its_border_pixel_to_the_object_behind_it():
-    """Pin A (columns 10-19, 1.0 m) stands before pin B (columns 20-39, 1.1 m), one colour; A's id is one
-    pixel too fat (column 20). That column goes to B; nothing else moves. It stays A where B's colour does
-    not fit, where the depths step by less than step_m, and where A's border has no depth."""
-    view = np.zeros((30, 50), np.uint16)
-    view[5:25, 10:21], view[5:25, 21:40] = 1, 2
-    depth = np.zeros((30, 50), np.float32)
-    depth[5:25, 10:21], depth[5:25, 21:40] = 1.0, 1.1
-    bins = np.zeros((30, 50), int)
-    same = {1: np.zeros(144), 2: np.zeros(144)}
-    out = yield_occluding_edges(view, depth, bins, same, step_m=0.01, margin=1.0)
-    expected = view.copy()
-    expected[5:25, 20] = 2
-    assert (out == expected).all()
-    unlike = {1: np.zeros(144), 2: np.full(144, -5.0)}
-    assert (yield_occluding_edges(view, depth, bins, unlike, step_m=0.01, margin=1.0) == view).all()
-    assert (yield_occluding_edges(view, depth, bins, same, step_m=0.2, margin=1.0) == view).all()
-    no_border_depth = depth.copy()
-    no_border_depth[:, 20] = 0
-    assert (yield_occluding_edges(view, no_border_depth, bins, same, step_m=0.01, margin=1.0) == view).all()
 
 
 def test_ids_follow_fast_objects_that_pass_close_to_each_other():
