@@ -13,17 +13,18 @@ SAM2_BUILD_CUDA ?= 0
 setup: $(VENV)/.installed
 
 # pyrealsense2 needs libusb at import time; install it where it is missing (Debian/Ubuntu, as root).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@ldconfig -p | grep -q libusb-1.0 || { command -v apt-get >/dev/null && \
 		$$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -q libusb-1.0-0; }
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# Every install is held to constraints.txt: the exact versions the README's figures were measured with.
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip setuptools wheel
 	# torch first and pinned: an unpinned torch would pull the newest CUDA build (several GB).
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# sam2 declares torchvision, which has no CPU build here and which its video predictor never imports:
 	# install it without dependencies (those it uses are in pyproject.toml) and build it against this torch.
-	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PY) -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
+	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PY) -m pip install -q -c constraints.txt --no-deps --no-build-isolation sam2==1.1.0
 	touch $@
 
 run: setup

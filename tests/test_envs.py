@@ -22,7 +22,13 @@ def _pyproject() -> dict[str, str]:
 def _env(path) -> dict[str, str]:
     env = yaml.safe_load(path.read_text())
     pip = [d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep.get("pip", [])]
-    return {_name(d): d.replace(" ", "") for d in pip if not d.startswith("-e")}
+    return {_name(d): d.replace(" ", "") for d in pip if not d.startswith("-")}
+
+
+def _constraints() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return {_name(pin): pin.split("==", 1)[1] for pin in pins}
 
 
 def test_every_env_pins_what_pyproject_pins():
@@ -37,6 +43,26 @@ def test_every_env_pins_what_pyproject_pins():
             assert requirement == wanted[name], f"{path.name}: {requirement} but pyproject.toml has {wanted[name]}"
         covered |= set(env)
     assert set(wanted) - DRIVER_ONLY <= covered, f"in no env: {set(wanted) - DRIVER_ONLY - covered}"
+
+
+def test_constraints_pin_every_dependency_within_its_range():
+    from packaging.requirements import Requirement
+
+    pinned = _constraints()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for requirement in [*_pyproject().values(), *extras["test"]]:
+        req = Requirement(requirement)
+        name = _name(req.name)
+        assert name in pinned, f"constraints.txt: no pin for {name} (pyproject.toml has {requirement})"
+        assert req.specifier.contains(pinned[name]), f"constraints.txt: {name}=={pinned[name]} is outside {requirement}"
+    assert pinned.get("torch") == "2.13.0", "constraints.txt: torch must be the release the Makefile installs"
+
+
+def test_every_env_installs_with_the_constraints():
+    for path in sorted((ROOT / "envs").glob("*.yaml")):
+        env = yaml.safe_load(path.read_text())
+        pip = [d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep.get("pip", [])]
+        assert "-c ../constraints.txt" in pip, f"{path.name}: pip section does not use -c ../constraints.txt"
 
 
 def test_every_rule_names_an_existing_env():
