@@ -19,10 +19,13 @@ def _pyproject() -> dict[str, str]:
     return {_name(d): d.replace(" ", "") for d in deps}
 
 
-def _env(path) -> dict[str, str]:
+def _pip_lines(path) -> list[str]:
     env = yaml.safe_load(path.read_text())
-    pip = [d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep.get("pip", [])]
-    return {_name(d): d.replace(" ", "") for d in pip if not d.startswith("-")}
+    return [d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep.get("pip", [])]
+
+
+def _env(path) -> dict[str, str]:
+    return {_name(d): d.replace(" ", "") for d in _pip_lines(path) if not d.startswith("-")}
 
 
 def _constraints() -> dict[str, str]:
@@ -60,9 +63,7 @@ def test_constraints_pin_every_dependency_within_its_range():
 
 def test_every_env_installs_with_the_constraints():
     for path in sorted((ROOT / "envs").glob("*.yaml")):
-        env = yaml.safe_load(path.read_text())
-        pip = [d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep.get("pip", [])]
-        assert "-c ../constraints.txt" in pip, f"{path.name}: pip section does not use -c ../constraints.txt"
+        assert "-c ../constraints.txt" in _pip_lines(path), f"{path.name}: pip section does not use -c ../constraints.txt"
 
 
 def test_every_rule_names_an_existing_env():
