@@ -19,12 +19,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	# Every install is held to constraints.txt: the exact versions the README's figures were measured with.
 	$(PY) -m pip install -q -c constraints.txt --upgrade pip setuptools wheel
-	# torch first and pinned: an unpinned torch would pull the newest CUDA build (several GB).
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	# torch first, at the constraints' release: an unpinned torch would pull the newest CUDA build (several GB).
+	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# sam2 declares torchvision, which has no CPU build here and which its video predictor never imports:
 	# install it without dependencies (those it uses are in pyproject.toml) and build it against this torch.
-	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PY) -m pip install -q -c constraints.txt --no-deps --no-build-isolation sam2==1.1.0
+	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PY) -m pip install -q -c constraints.txt --no-deps --no-build-isolation sam2
 	touch $@
 
 run: setup
