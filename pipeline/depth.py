@@ -66,6 +66,11 @@ def write_depth(capture_path: str, method: str, params: MatcherParams, out: str)
                                      cap["T_irright_depth"][c], (wd, hd)))
             except ValueError as e:
                 raise DepthError(f"camera {names[c]}: {e}") from e
+        # Nearer than this the disparity leaves the search range and the pixel takes the background's.
+        nearest = [r.focal_px * r.baseline_m / (params.min_disparity + params.num_disparities) for r in rects]
+        print(f"depth: the matcher's disparity range reaches {min(nearest):.3f} m (camera "
+              f"{names[int(np.argmin(nearest))]}); nearer surfaces need a larger depth.matcher.num_disparities",
+              file=sys.stderr)
     config = {"method": method, "matcher": vars(params) if method == "stereo" else None}
     attrs = {k: cap.attrs[k] for k in ("scene", "episode", "split", "camera_names")}
     valid_share = np.zeros((C, T))
@@ -92,6 +97,8 @@ def write_depth(capture_path: str, method: str, params: MatcherParams, out: str)
             raise DepthError(f"{capture_path}: no camera has valid depth in any frame")
         put(g, "K", K_color, {"note": "the colour camera's intrinsics: depth is registered into it"})
         put(g, "valid_share", valid_share, {"what": "share of pixels with depth, per camera and frame"})
+        if method == "stereo":
+            put(g, "nearest_depth_m", np.array(nearest), {"what": "nearest depth the matcher's range reaches, per camera"})
     return {"valid_share": valid_share}
 
 

@@ -119,7 +119,11 @@ def test_depth_stage_on_a_small_episode(bowling_episode, default_config, tmp_pat
     spec = json.dumps({"name": "bowling", "depth": {**default_config["depth"], "method": method}})
     result = run_module("pipeline.depth", "--capture", str(bowling_episode[0]), "--spec", spec, "--out", str(out))
     assert result.returncode == 0, result.stderr
-    figures = depth_figures(open_artifact(out, "depth"), open_artifact(bowling_episode[1], "groundtruth"))
+    depth, gt = open_artifact(out, "depth"), open_artifact(bowling_episode[1], "groundtruth")
+    if method == "stereo":  # the matcher's range must reach the nearest object, or it takes the table's depth
+        nearest_object_m = gt["depth_ir"][:][gt["ids_ir"][:] > 0].min()
+        assert (depth["nearest_depth_m"][:] < nearest_object_m).all() and "disparity range reaches" in result.stderr
+    figures = depth_figures(depth, gt)
     # At 160x120 a pin is a few pixels wide and disparities are about 13 px: far coarser than the default.
     assert figures["abs_rel"][0] < bound and figures["valid_frac"][0] > 0.8
 

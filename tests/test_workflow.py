@@ -1,7 +1,12 @@
 """The Snakemake workflow: lint-clean, a DAG covering every episode, ground truth read only by quality rules."""
+import copy
 import re
 import subprocess
 import sys
+
+import numpy as np
+import yaml
+from snakemake.utils import update_config
 
 from .conftest import ROOT
 
@@ -57,3 +62,18 @@ def test_only_quality_and_evaluation_rules_read_ground_truth():
                 readers.add(name)
                 assert name.startswith(("quality", "evaluat")), f"{smk.name}: rule {name} reads ground truth"
     assert "quality_capture" in readers
+
+
+def _matcher_reach_m(config: dict) -> float:
+    """Nearest depth (metres) the stereo matcher's disparity range reaches at the rig's infrared resolution."""
+    rig, matcher = config["rig"]["depth"], config["depth"]["matcher"]
+    focal_px = rig["resolution"][0] / 2 / np.tan(np.radians(rig["hfov_deg"]) / 2)
+    return focal_px * rig["baseline_m"] / (matcher["min_disparity"] + matcher["num_disparities"])
+
+
+def test_full_profile_matcher_reaches_as_near_as_the_default(default_config):
+    """A wider image means larger disparities: the paper-scale profile must widen the search to match,
+    or near objects fall out of range and take the table's depth."""
+    full = copy.deepcopy(default_config)
+    update_config(full, yaml.safe_load((ROOT / "workflow/profiles/full/scale.yaml").read_text()))
+    assert _matcher_reach_m(full) <= _matcher_reach_m(default_config)
