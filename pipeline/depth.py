@@ -66,8 +66,7 @@ def write_depth(capture_path: str, method: str, params: MatcherParams, out: str)
                                      cap["T_irright_depth"][c], (wd, hd)))
             except ValueError as e:
                 raise DepthError(f"camera {names[c]}: {e}") from e
-        # Nearer than this the disparity leaves the search range and the pixel takes the background's.
-        nearest = [r.focal_px * r.baseline_m / (params.min_disparity + params.num_disparities) for r in rects]
+        nearest = [params.nearest_depth_m(r.focal_px, r.baseline_m) for r in rects]
         print(f"depth: the matcher's disparity range reaches {min(nearest):.3f} m (camera "
               f"{names[int(np.argmin(nearest))]}); nearer surfaces need a larger depth.matcher.num_disparities",
               file=sys.stderr)

@@ -33,6 +33,11 @@ class MatcherParams:
     edge_p1: int = 4
     edge_p2: int = 16
 
+    def nearest_depth_m(self, focal_px: float, baseline_m: float) -> float:
+        """Nearest depth the search range reaches: nearer, the disparity leaves it and the pixel takes the
+        background's."""
+        return focal_px * baseline_m / (self.min_disparity + self.num_disparities)
+
 
 def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.ndarray, np.ndarray]:
     """Disparity of the left image (H,W) float32 and whether each pixel was matched (H,W) bool.

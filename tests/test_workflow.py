@@ -8,6 +8,8 @@ import numpy as np
 import yaml
 from snakemake.utils import update_config
 
+from pipeline.depth import matcher_params
+
 from .conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -66,9 +68,9 @@ def test_only_quality_and_evaluation_rules_read_ground_truth():
 
 def _matcher_reach_m(config: dict) -> float:
     """Nearest depth (metres) the stereo matcher's disparity range reaches at the rig's infrared resolution."""
-    rig, matcher = config["rig"]["depth"], config["depth"]["matcher"]
+    rig = config["rig"]["depth"]
     focal_px = rig["resolution"][0] / 2 / np.tan(np.radians(rig["hfov_deg"]) / 2)
-    return focal_px * rig["baseline_m"] / (matcher["min_disparity"] + matcher["num_disparities"])
+    return matcher_params(config["depth"]).nearest_depth_m(focal_px, rig["baseline_m"])
 
 
 def test_full_profile_matcher_reaches_as_near_as_the_default(default_config):
