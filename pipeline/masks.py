@@ -19,8 +19,10 @@ that cannot decide, is fooled, or says table where the pixel's own depth stands 
 follows silhouettes at the colour image's resolution. Last, a pixel near another object's pixels takes
 that object's id where its colour model explains the pixel's colour better (``colour_relabel``): where one
 object stands in front of another, the depth smears the near one's id over the far one's edge. Objects of
-one colour (pins) are told apart there by their posed models instead (``reassign_by_models``): a pixel that
-its own object's model does not reach goes to the object whose model is in front there.
+one colour (pins) are told apart there by their posed models instead (``reassign_by_models``): a pixel
+where a model shows in front of the others takes its id, if its colour fits. For this the models are cut
+to the first frame's silhouettes in all views (``RigidObjects.cut_to_silhouettes``), since the depth
+fattens them too.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -234,6 +236,24 @@ class RigidObjects:
         found = np.isfinite(score[np.arange(len(points)), best])
         return np.where(found, ids[best], 0), nearest[np.arange(len(points)), best]
 
+    def cut_to_silhouettes(self, silhouettes: np.ndarray, K: np.ndarray, T_cw: np.ndarray) -> None:
+        """Cut every model (at its current pose) to the (C,H,W) silhouettes of all objects in each view (K
+        (C,3,3), T_cw (C,4,4)): a point that projects onto a background pixel of any view it falls into
+        lies outside the visual hull. Stereo depth fattens near surfaces by a pixel or two at their edges
+        along each camera's rays; the other views see past those points, onto the table."""
+        for k, model in self.models.items():
+            R, t = self.poses[k]
+            posed = model @ R.T + t
+            keep = np.ones(len(model), bool)
+            for c in range(len(K)):
+                H, W = silhouettes[c].shape
+                uv, z = project(K[c], T_cw[c], posed)
+                with np.errstate(invalid="ignore"):
+                    u, v = np.rint(uv[:, 0]), np.rint(uv[:, 1])
+                    inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+                keep[inside] &= silhouettes[c][v[inside].astype(int), u[inside].astype(int)]
+            self.models[k] = model[keep]
+
     @property
     def next_id(self) -> int:
         return max(self.models, default=0) + 1
@@ -368,45 +388,34 @@ def label_views(per_view: list, shape: tuple[int, int], objects: RigidObjects, c
 
 
 def front_model_ids(points: np.ndarray, ids: np.ndarray, K: np.ndarray, T_cw: np.ndarray,
-                    shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    shape: tuple[int, int]) -> np.ndarray:
     """(H,W) the id of the nearest of the (N,3) posed model points with (N,) ids that project into each
-    pixel of one camera (0: none), and the (M,) pixel rows and columns with their (M,) ids of all points
-    that project into the image."""
+    pixel of one camera (0: none)."""
     H, W = shape
     uv, z = project(K, T_cw, points)
     with np.errstate(invalid="ignore"):
         u, v = np.rint(uv[:, 0]), np.rint(uv[:, 1])
         inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-    u, v, z, ids = u[inside].astype(int), v[inside].astype(int), z[inside], ids[inside]
-    flat = v * W + u
+    flat = v[inside].astype(int) * W + u[inside].astype(int)
+    z, ids = z[inside], ids[inside]
     order = np.lexsort((z, flat))  # by pixel, nearest first
     first = order[np.r_[True, flat[order][1:] != flat[order][:-1]]]
     front = np.zeros(H * W, ids.dtype)
     front[flat[first]] = ids[first]
-    return front.reshape(H, W), v, u, ids
+    return front.reshape(H, W)
 
 
-def reassign_by_models(view: np.ndarray, front: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                       point_ids: np.ndarray, bins: np.ndarray, log_colour: dict, reach_px: int,
+def reassign_by_models(view: np.ndarray, front: np.ndarray, bins: np.ndarray, log_colour: dict,
                        margin: float) -> np.ndarray:
-    """(H,W) ids of one view with each labelled pixel that its own object's posed model does not reach
-    (no model point projects within ``reach_px``) given to the object whose model is nearest the camera
-    there (``front``, from ``front_model_ids`` with the projected points' rows, cols and ids), when that
-    object's colour model explains the pixel's (H,W) chromaticity bin within ``margin`` nats of its own.
-    Where one object stands in front of another, the near one's depth smears a few pixels over the far
-    one, so the depth gives those pixels the near id; its model, fused from all views and carved, ends at
-    its true silhouette, and the far object's model shows there. Objects of one colour (pins) are told
-    apart by this alone; a face that the model lacks (hidden at the first frame) keeps its id where another
-    object's colour does not fit."""
-    present = [int(k) for k in np.unique(view) if k > 0]
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach_px + 1, 2 * reach_px + 1))
-    reached = np.zeros(view.shape, bool)
-    for k in present:
-        hit = np.zeros(view.shape, np.uint8)
-        of_k = point_ids == k
-        hit[rows[of_k], cols[of_k]] = 1
-        reached |= (cv2.dilate(hit, kernel) > 0) & (view == k)
-    move = (view > 0) & ~reached & (front > 0) & (front != view)
+    """(H,W) ids of one view with each labelled pixel where a posed model shows in front of the others
+    (``front``, from ``front_model_ids``) given to that model's object, when its colour model explains the
+    pixel's (H,W) chromaticity bin within ``margin`` nats of its own id's. Where one object stands in front
+    of another, the near one's depth smears a few pixels over the far one, so the depth gives those pixels
+    the near id; its model, fused from all views and cut to their silhouettes (``RigidObjects.cut_to_silhouettes``),
+    ends at its true outline, and the far object's model shows there. Objects of one colour (pins) are told
+    apart by this alone; a face that a model lacks (hidden at the first frame), through which another
+    model shows, keeps its id where that object's colour does not fit."""
+    move = (view > 0) & (front > 0) & (front != view)
     candidate_bins = bins[move]
 
     def log_p(ids):  # log p(colour | object) of the candidate pixels under (M,) ids
@@ -627,12 +636,14 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
         if cfg["relabel_px"]:
             views = np.stack([colour_relabel(views[c], image_bins[c], objects.log_colour, cfg["relabel_px"],
                                              cfg["relabel_margin"]) for c in range(C)])
-        if cfg["model_reach_px"]:
+        if cfg["model_front"]:
+            if t == 0:
+                objects.cut_to_silhouettes(views > 0, frames.K, frames.T_cw)
             model, model_ids = objects.posed()
             for c in range(C):
-                front, rows, cols, point_ids = front_model_ids(model, model_ids, frames.K[c], frames.T_cw[c], (H, W))
-                views[c] = reassign_by_models(views[c], front, rows, cols, point_ids, image_bins[c],
-                                              objects.log_colour, cfg["model_reach_px"], cfg["relabel_margin"])
+                front = front_model_ids(model, model_ids, frames.K[c], frames.T_cw[c], (H, W))
+                views[c] = reassign_by_models(views[c], front, image_bins[c], objects.log_colour,
+                                              cfg["relabel_margin"])
         ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
     return counts, len(objects.models)

@@ -110,10 +110,9 @@ def test_colour_relabel_returns_a_smeared_seam_to_the_object_of_its_colour():
 
 def test_models_give_a_depth_smear_back_to_the_object_behind():
     """Pin A (columns 20-29, 1 m) stands in front of pin B (columns 25-44, 1.2 m), both of one colour; the
-    depth smeared A's id three pixels over B (columns 30-32). A's model reaches one pixel past its
-    silhouette (column 30 stays A); columns 31-32 show B's model in front and go back to B. B's model
-    shows behind the whole of A, which keeps its id where its own model reaches. If B's colour did not
-    fit those pixels, they would stay A."""
+    depth smeared A's id three pixels over B (columns 30-32). There B's model is in front, so those pixels
+    go back to B; A keeps its id where its model shows, also over B's. If B's colour did not fit those
+    pixels, they would stay A."""
     K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
     rows, cols = np.mgrid[10:40, 0:64]
 
@@ -123,15 +122,39 @@ def test_models_give_a_depth_smear_back_to_the_object_behind():
 
     points = np.concatenate([plane(20, 29, 1.0), plane(25, 44, 1.2)])
     point_ids = np.repeat([1, 2], [10 * 30, 20 * 30])
-    front, r, c, i = front_model_ids(points, point_ids, K, np.eye(4), (48, 64))
+    front = front_model_ids(points, point_ids, K, np.eye(4), (48, 64))
     assert (front[10:40, 20:30] == 1).all() and (front[10:40, 30:45] == 2).all() and (front[:10] == 0).all()
     view = np.zeros((48, 64), np.uint16)
     view[10:40, 20:33], view[10:40, 33:45] = 1, 2
     bins = np.zeros((48, 64), int)
-    for log_colour_b, expected_31 in ((np.zeros(144), 2), (np.full(144, -5.0), 1)):
-        out = reassign_by_models(view, front, r, c, i, bins, {1: np.zeros(144), 2: log_colour_b}, 1, 1.0)
-        assert (out[10:40, 20:31] == 1).all() and (out[10:40, 31:33] == expected_31).all()
+    for log_colour_b, expected_smear in ((np.zeros(144), 2), (np.full(144, -5.0), 1)):
+        out = reassign_by_models(view, front, bins, {1: np.zeros(144), 2: log_colour_b}, 1.0)
+        assert (out[10:40, 20:30] == 1).all() and (out[10:40, 30:33] == expected_smear).all()
         assert (out[10:40, 33:45] == 2).all() and (out[:10] == 0).all()
+
+
+def test_models_are_cut_to_the_silhouettes_of_all_views():
+    """A model fattened along camera 0's rays (a stereo edge smear: points beside the box at its depth)
+    keeps its true points; the smear projects onto the table in camera 1, which looks from above, and is
+    dropped."""
+    K = np.array([[200.0, 0, 32], [0, 200.0, 24], [0, 0, 1]])
+    T0 = np.eye(4)
+    T1 = look_at_T_cw([0.0, -1.0, 1.0], [0.0, 0.0, 1.0])
+    box = np.stack(np.meshgrid(*[np.linspace(-0.05, 0.05, 6)] * 3, indexing="ij"), -1).reshape(-1, 3) + [0, 0, 1]
+    smear = box[np.abs(box[:, 0] - 0.05) < 1e-9] + [0.02, 0, 0]  # beside the box's +x face, in front
+    objects = RigidObjects(CFG)
+    objects.add(np.concatenate([box, smear]), np.zeros(len(box) + len(smear), int),
+                np.ones(len(box) + len(smear), int))
+    silhouettes = np.zeros((2, 48, 64), bool)
+    for c, T in enumerate((T0, T1)):
+        uv, _ = project(K, T, box)
+        u, v = np.rint(uv).astype(int).T
+        silhouettes[c, v.min():v.max() + 1, u.min():u.max() + 1] = True
+    silhouettes[0] = cv2.dilate(silhouettes[0].astype(np.uint8), np.ones((13, 13), np.uint8)) > 0  # the smear
+    uv, _ = project(K, T1, smear)
+    assert not silhouettes[1][tuple(np.rint(uv[:, ::-1]).astype(int).T)].any()  # the test's premise
+    objects.cut_to_silhouettes(silhouettes, np.stack([K, K]), np.stack([T0, T1]))
+    assert len(objects.models[1]) == len(box) and np.allclose(np.sort(objects.models[1], 0), np.sort(box, 0))
 
 
 def test_ids_follow_fast_objects_that_pass_close_to_each_other():
