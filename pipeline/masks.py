@@ -62,6 +62,17 @@ def foreground(points: np.ndarray, cfg: dict) -> np.ndarray:
             & (points[:, 0] > x0) & (points[:, 0] < x1) & (points[:, 1] > y0) & (points[:, 1] < y1))
 
 
+def pixels_in_view(points: np.ndarray, K: np.ndarray, T_cw: np.ndarray, shape: tuple[int, int]):
+    """The nearest pixel of each of (N,3) world points in one camera: (M,) rows and (M,) columns of the
+    (N,) ``inside`` points (in front of the camera and within the (H,W) image), and the (N,) depths."""
+    H, W = shape
+    uv, z = project(K, T_cw, points)
+    with np.errstate(invalid="ignore"):
+        u, v = np.rint(uv[:, 0]), np.rint(uv[:, 1])
+        inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    return v[inside].astype(int), u[inside].astype(int), inside, z
+
+
 def carve(points: np.ndarray, view: int, depths: np.ndarray, K: np.ndarray, T_cw: np.ndarray, margin: float,
           votes: int) -> np.ndarray:
     """Mask of points kept by free-space carving: a point is dropped when at least ``votes`` other cameras
@@ -246,12 +257,8 @@ class RigidObjects:
             posed = model @ R.T + t
             keep = np.ones(len(model), bool)
             for c in range(len(K)):
-                H, W = silhouettes[c].shape
-                uv, z = project(K[c], T_cw[c], posed)
-                with np.errstate(invalid="ignore"):
-                    u, v = np.rint(uv[:, 0]), np.rint(uv[:, 1])
-                    inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-                keep[inside] &= silhouettes[c][v[inside].astype(int), u[inside].astype(int)]
+                rows, cols, inside, _ = pixels_in_view(posed, K[c], T_cw[c], silhouettes[c].shape)
+                keep[inside] &= silhouettes[c][rows, cols]
             self.models[k] = model[keep]
 
     @property
@@ -392,11 +399,8 @@ def front_model_ids(points: np.ndarray, ids: np.ndarray, K: np.ndarray, T_cw: np
     """(H,W) the id of the nearest of the (N,3) posed model points with (N,) ids that project into each
     pixel of one camera (0: none)."""
     H, W = shape
-    uv, z = project(K, T_cw, points)
-    with np.errstate(invalid="ignore"):
-        u, v = np.rint(uv[:, 0]), np.rint(uv[:, 1])
-        inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-    flat = v[inside].astype(int) * W + u[inside].astype(int)
+    rows, cols, inside, z = pixels_in_view(points, K, T_cw, shape)
+    flat = rows * W + cols
     z, ids = z[inside], ids[inside]
     order = np.lexsort((z, flat))  # by pixel, nearest first
     first = order[np.r_[True, flat[order][1:] != flat[order][:-1]]]
