@@ -176,11 +176,15 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
             break
         g = tiles.gaussian[live, s:s + CHUNK]                                  # (L,k)
         cam = tiles.camera[live, None].expand_as(g)
-        m = mean2d[cam, g] - tiles.origin[live, None].to(mean2d.dtype)          # (L,k,2) tile-local
-        a, b, c = conic[cam, g].unbind(-1)
+        # index_select, not advanced indexing: its backward (index_add) adds up in a fixed order.
+        flat = (cam * (N + 1) + g).reshape(-1)
+        take = lambda x: x.reshape(C * (N + 1), -1).index_select(0, flat).reshape(*g.shape, -1)  # noqa: E731
+        m = take(mean2d) - tiles.origin[live, None].to(mean2d.dtype)          # (L,k,2) tile-local
+        a, b, c = take(conic).unbind(-1)
         mx, my = m.unbind(-1)
         coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx,
-                            log_opac[g] - 0.5 * (a * mx * mx + c * my * my) - b * mx * my], 1)   # (L,6,k)
+                            log_opac.index_select(0, g.reshape(-1)).reshape(g.shape)
+                            - 0.5 * (a * mx * mx + c * my * my) - b * mx * my], 1)   # (L,6,k)
         alpha = torch.exp(torch.matmul(basis, coef)).clamp(max=ALPHA_MAX)        # (L,P,k)
         keep = alpha >= ALPHA_MIN
         t_live, d_live = trans[live], done[live]
@@ -197,7 +201,7 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
             done = done.index_copy(0, live, d_live | stop[..., -1])
         weight = alpha * (t_live[:, :, None] * inclusive / (1 - alpha))      # (L,P,k)
         if labels is None:
-            acc = acc.index_add(0, live, torch.matmul(weight, vals[cam, g]))
+            acc = acc.index_add(0, live, torch.matmul(weight, take(vals)))
         else:
             idx = ((cam[:, None] * (N + 1) + g[:, None]) * n_labels + labels[live][:, :, None]).reshape(-1)
             best.scatter_reduce_(0, idx, weight.reshape(-1), "amax")

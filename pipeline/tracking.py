@@ -26,6 +26,7 @@ Artifact: per-frame means (T,N,3) and quaternions (T,N,4, x y z w) and the froze
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
@@ -544,6 +545,20 @@ def track_frame(g: Gaussians, views: Views, frame: Frame, n_ids: int, means, qua
     return means.detach(), F.normalize(quats.detach(), dim=-1), float(loss.detach())
 
 
+@contextlib.contextmanager
+def deterministic_torch():
+    """Torch's deterministic algorithms for the duration: on CPU the backward pass of a gather with
+    repeated indices (the renderer's per-tile lists, the neighbour terms) otherwise adds up in thread
+    order, so a fit differed bitwise between runs and thread counts (7366 against 7374 Gaussians kept)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@deterministic_torch()
 def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibration_path: str, cfg: dict,
                    out: str) -> dict:
     capture = open_artifact(capture_path, "capture")
