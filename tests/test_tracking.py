@@ -242,7 +242,7 @@ def test_tracking_ids_labels_stages(episode_inputs, default_config):
 @pytest.mark.slow
 def test_tracking_is_bitwise_the_same_at_any_thread_count(episode_inputs, default_config):
     """The backward pass of a gather with repeated indices adds up in thread order on CPU unless torch's
-    deterministic algorithms are on: then the first-frame fit kept a different number of Gaussians."""
+    deterministic algorithms are on: then the tracked positions differed between the two runs."""
     e = episode_inputs
     cfg = _fast(default_config)
     cfg["first_frame"]["densify_every"] = 10  # densify within the short fit, where rounding decides
