@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from snakemake.utils import update_config
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from pipeline.config import episode_names, scene_spec, validate_config  # noqa: E402
 
 # Run a command and report its wall time and the largest max-RSS of it and its descendants.
@@ -92,8 +91,7 @@ def main() -> int:
     ap.add_argument("--full-repeats", type=int, default=1, help="runs of a full-profile episode (about 5 min each)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "capture.json"))
     args = ap.parse_args()
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "date": time.strftime("%Y-%m-%d"), "default": bench_default(args.repeats)}
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "default": bench_default(args.repeats)}
     print(json.dumps(report["default"], indent=1), file=sys.stderr)
     if args.full_repeats > 0:
         report["full"] = bench_full(args.full_repeats)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import sys
 import time
@@ -108,13 +107,15 @@ def tracking_per_frame(results: Path) -> dict:
 
 
 def main() -> int:
+    from bench.machine import machine  # bench.machine times this module's reference renderer
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--results", default="results")
     ap.add_argument("--out", default=str(ROOT / "bench" / "renderer.json"))
     args = ap.parse_args()
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPUs, no GPU"}
-    report["reference"] = time_reference(args.repeats)
+    report = {"date": time.strftime("%Y-%m-%d"), "reference": time_reference(args.repeats)}
+    report["machine"] = machine(report["reference"]["reference_fwd_bwd_ms"])
     print(f"reference renderer: {report['reference']['reference_fwd_bwd_ms']:.1f} ms", file=sys.stderr)
     d = gs_dynamics_demo(EXTERNAL / "gs-dynamics-demo")
     report["gs_dynamics_demo"] = {"icp_pose": demo_figures(d, d["gaussians"])}

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.capture import measure, summarise  # noqa: E402
+from bench.machine import machine  # noqa: E402
 from pipeline.config import scene_spec, validate_config  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def main() -> int:
         return json.dumps(scene_spec(config, "bowling", sections))
 
     py = sys.executable
-    report = {"date": time.strftime("%Y-%m-%d"), "scene": "bowling", "episode": "train_0000",
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "scene": "bowling", "episode": "train_0000",
               "frames": config["scenes"]["bowling"]["frames"], "resolution": config["rig"]["color"]["resolution"]}
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as scratch:
         commands = {
