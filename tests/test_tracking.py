@@ -243,8 +243,8 @@ def test_tracking_ids_labels_stages(episode_inputs, default_config):
 def test_tracking_is_bitwise_the_same_on_a_rerun(episode_inputs, default_config):
     """The backward pass of a gather with repeated indices adds up in thread order on CPU unless torch's
     deterministic algorithms are on: then two runs at two threads tracked different positions. Between
-    thread counts the rounding of torch's reductions differs on some CPUs (AVX512 here), so one thread
-    against two agrees only closely."""
+    thread counts the losses' full reductions and the renderer's exponent product for a one-tile chunk
+    round differently on some CPUs (README, tracking stage), so one thread against two agrees only closely."""
     e = episode_inputs
     cfg = _fast(default_config)
     cfg["first_frame"]["densify_every"] = 10  # densify within the short fit, where rounding decides
