@@ -95,6 +95,22 @@ def carve(points: np.ndarray, view: int, depths: np.ndarray, K: np.ndarray, T_cw
     return seen_through < votes
 
 
+def visual_hull(silhouettes: np.ndarray, depths: np.ndarray, K: np.ndarray, T_cw: np.ndarray, lo: np.ndarray,
+                hi: np.ndarray, voxel: float, margin: float) -> np.ndarray:
+    """(M,3) world centres of the voxels (edge ``voxel``, metres) of the box ``lo``..``hi`` that fall inside
+    the (C,H,W) silhouettes of every view whose image they fall in (K (C,3,3), T_cw (C,4,4)) and that no
+    view sees through (``carve`` with the (C,H,W) depths, metres, 0 = none): the objects' visual hull less
+    the free space between them that the depth shows and the silhouettes cannot."""
+    axes = [np.arange(a + voxel / 2, b, voxel) for a, b in zip(lo, hi)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    for c in range(len(K)):
+        rows, cols, inside, _ = pixels_in_view(centres, K[c], T_cw[c], silhouettes[c].shape)
+        keep = np.ones(len(centres), bool)
+        keep[inside] = silhouettes[c][rows, cols]
+        centres = centres[keep]
+    return centres[carve(centres, -1, depths, K, T_cw, margin, 1)]
+
+
 def connected_objects(points: np.ndarray, voxel: float, min_points: int) -> np.ndarray:
     """(N,) labels 1..K of 26-connected voxel components holding at least ``min_points`` points (0 = noise)."""
     if len(points) == 0:
@@ -198,8 +214,9 @@ class RigidObjects:
     """Objects as rigid point models tracked through the frames.
 
     Each object keeps the (M,3) world points it had when first seen (its model), their colours (as a
-    chromaticity histogram) and a pose (R, t) that carries them to the current frame. Tracking a frame:
-    predict every pose at constant velocity, then refine all poses jointly by ICP against the frame's
+    chromaticity histogram) and a pose (R, t) that carries them to the current frame; and its share of the
+    first frame's visual hull (``hulls``, in the model's frame), which fills in what no model point shows.
+    Tracking a frame: predict every pose at constant velocity, then refine all poses jointly by ICP against the frame's
     fused points (each point pairs with the object that ``assign`` gives it, at that object's nearest
     model point, within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``; one Kabsch fit
     per object and step). Because the models never absorb this frame's points, a
@@ -210,6 +227,7 @@ class RigidObjects:
         self.cfg = cfg
         self.models: dict[int, np.ndarray] = {}
         self.log_colour: dict[int, np.ndarray] = {}  # colour_log_likelihood of each model
+        self.hulls: dict[int, np.ndarray] = {}
         self.poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.previous: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -218,6 +236,7 @@ class RigidObjects:
         for k in np.unique(labels[labels > 0]):
             self.models[int(k)] = points[labels == k]
             self.log_colour[int(k)] = colour_log_likelihood(bins[labels == k])
+            self.hulls[int(k)] = np.zeros((0, 3))
             self.poses[int(k)] = (np.eye(3), np.zeros(3))
 
     def assign(self, points: np.ndarray, bins: np.ndarray, radius: float, poses=None):
@@ -261,17 +280,31 @@ class RigidObjects:
                 keep[inside] &= silhouettes[c][rows, cols]
             self.models[k] = model[keep]
 
+    def add_hull(self, hull: np.ndarray, radius: float) -> None:
+        """Give every object the (M,3) world points of a visual hull (``visual_hull``) whose nearest posed
+        model point, within ``radius``, is its own. A part of an object that one view alone sees holds no
+        model point where that view's depth is wrong there (the depth camera does not see it, or smears the
+        object in front over it), yet it lies inside the hull, next to the object's other points."""
+        model, ids = self.posed()
+        dist, nearest = cKDTree(model).query(hull, distance_upper_bound=radius)
+        found = np.isfinite(dist)
+        owner = ids[nearest[found]]
+        for k, (R, t) in self.poses.items():
+            self.hulls[k] = (hull[found][owner == k] - t) @ R
+
     @property
     def next_id(self) -> int:
         return max(self.models, default=0) + 1
 
-    def posed(self, poses=None) -> tuple[np.ndarray, np.ndarray]:
-        """(M,3) all model points at ``poses`` (default the current ones) and their (M,) ids."""
+    def posed(self, poses=None, shapes=None) -> tuple[np.ndarray, np.ndarray]:
+        """(M,3) all model points (or the points of ``shapes``, such as ``hulls``, per object in its model's
+        frame) at ``poses`` (default the current ones) and their (M,) ids."""
         poses = self.poses if poses is None else poses
+        shapes = self.models if shapes is None else shapes
         if not poses:
             return np.zeros((0, 3)), np.zeros(0, int)
-        points = [self.models[k] @ R.T + t for k, (R, t) in poses.items()]
-        ids = [np.full(len(self.models[k]), k) for k in poses]
+        points = [shapes[k] @ R.T + t for k, (R, t) in poses.items()]
+        ids = [np.full(len(shapes[k]), k) for k in poses]
         return np.concatenate(points), np.concatenate(ids)
 
     def predict(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -409,10 +442,22 @@ def front_model_ids(points: np.ndarray, ids: np.ndarray, K: np.ndarray, T_cw: np
     return front.reshape(H, W)
 
 
+def front_ids(model: np.ndarray, model_ids: np.ndarray, hull: np.ndarray, hull_ids: np.ndarray, K: np.ndarray,
+              T_cw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H,W) the id of the posed model in front at each pixel of one camera (``front_model_ids`` of the
+    (N,3) model points with (N,) ids) and, where no model point shows, of the (M,3) hull points with (M,)
+    ids (``RigidObjects.add_hull``); 0 where neither shows. The hull only fills in: it is fatter than the
+    models, which are cut to the silhouettes point by point."""
+    front = front_model_ids(model, model_ids, K, T_cw, shape)
+    if len(hull):
+        front = np.where(front > 0, front, front_model_ids(hull, hull_ids, K, T_cw, shape))
+    return front
+
+
 def reassign_by_models(view: np.ndarray, front: np.ndarray, bins: np.ndarray, log_colour: dict,
                        margin: float) -> np.ndarray:
     """(H,W) ids of one view with each labelled pixel where a posed model shows in front of the others
-    (``front``, from ``front_model_ids``) given to that model's object, when its colour model explains the
+    (``front``, from ``front_ids``) given to that model's object, when its colour model explains the
     pixel's (H,W) chromaticity bin within ``margin`` nats of its own id's. Where one object stands in front
     of another, the near one's depth smears a few pixels over the far one, so the depth gives those pixels
     the near id; its model, fused from all views and cut to their silhouettes (``RigidObjects.cut_to_silhouettes``),
@@ -608,6 +653,21 @@ class FusedFrames:
         return depths, per_view, points, bins, cameras, relabel[labels]
 
 
+def first_frame_hull(silhouettes: np.ndarray, depths: np.ndarray, frames: FusedFrames, objects: RigidObjects,
+                     cfg: dict) -> np.ndarray:
+    """(M,3) the visual hull (``visual_hull``) of the first frame's (C,H,W) silhouettes in ``hull_voxel_m``
+    cells over the objects' models and ``label_radius_m`` around them, above the table. The silhouettes are
+    eroded by ``hull_erode_px`` first: four views cut a round pin to a polygon around it and a pixel partly on
+    an object counts whole, and where the hull of the object in front shows beside its model it takes the
+    pixels of the one behind (bowling train_0001 ``id_consistency`` 0.971 without, 0.974 with one pixel)."""
+    if cfg["hull_erode_px"]:
+        silhouettes = np.stack([ndimage.binary_erosion(s, iterations=cfg["hull_erode_px"]) for s in silhouettes])
+    model, _ = objects.posed()
+    lo, hi = model.min(axis=0) - cfg["label_radius_m"], model.max(axis=0) + cfg["label_radius_m"]
+    lo[2] = max(lo[2], 0.0)
+    return visual_hull(silhouettes, depths, frames.K, frames.T_cw, lo, hi, cfg["hull_voxel_m"], cfg["carve_margin_m"])
+
+
 def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
     """The offline backend: writes (C,T,H,W) ``ids`` frame by frame from the fused depth and the colour
     frames; returns the objects seen per frame and the number of objects."""
@@ -643,9 +703,12 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
         if cfg["model_front"]:
             if t == 0:
                 objects.cut_to_silhouettes(views > 0, frames.K, frames.T_cw)
+                if cfg["model_hull"]:
+                    objects.add_hull(first_frame_hull(views > 0, depths, frames, objects, cfg), cfg["label_radius_m"])
             model, model_ids = objects.posed()
+            hull, hull_ids = objects.posed(shapes=objects.hulls)
             for c in range(C):
-                front = front_model_ids(model, model_ids, frames.K[c], frames.T_cw[c], (H, W))
+                front = front_ids(model, model_ids, hull, hull_ids, frames.K[c], frames.T_cw[c], (H, W))
                 views[c] = reassign_by_models(views[c], front, image_bins[c], objects.log_colour,
                                               cfg["relabel_margin"])
         ids[:, t] = views

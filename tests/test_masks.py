@@ -10,8 +10,8 @@ from scipy.spatial.transform import Rotation
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
-                            colour_relabel, connected_objects, front_model_ids, object_colour_probability,
-                            reassign_by_models, split_by_colour, write_masks)
+                            colour_relabel, connected_objects, front_ids, front_model_ids,
+                            object_colour_probability, reassign_by_models, split_by_colour, visual_hull, write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
@@ -28,6 +28,26 @@ def _box(centre, rng, n=400, size=(0.04, 0.04, 0.08)):
 def _two_cameras(points):
     """(N,) camera indices: every other point seen by the second of two cameras."""
     return np.arange(len(points)) % 2
+
+
+def _box_views(box, K, cameras, shape=(48, 64)):
+    """(C,H,W) silhouettes of (N,3) points, a box's dense sample, in each camera: their pixels' bounding box."""
+    silhouettes = np.zeros((len(cameras), *shape), bool)
+    for c, T in enumerate(cameras):
+        uv, _ = project(K, T, box)
+        u, v = np.rint(uv).astype(int).T
+        silhouettes[c, v.min():v.max() + 1, u.min():u.max() + 1] = True
+    return silhouettes
+
+
+PIN_K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])  # a 64x48 camera at the world origin
+
+
+def _pin_plane(first, last, z):
+    """(N,3) one point per pixel centre of rows 10-39, columns first..last, at depth z in front of PIN_K."""
+    rows, cols = np.mgrid[10:40, 0:64]
+    sel = (cols >= first) & (cols <= last)
+    return np.stack([(cols[sel] - 32) / 100 * z, (rows[sel] - 24) / 100 * z, np.full(sel.sum(), z)], 1)
 
 
 def test_connected_objects_separates_and_drops_noise():
@@ -113,16 +133,9 @@ def test_models_give_a_depth_smear_back_to_the_object_behind():
     depth smeared A's id three pixels over B (columns 30-32). There B's model is in front, so those pixels
     go back to B; A keeps its id where its model shows, also over B's. If B's colour did not fit those
     pixels, they would stay A."""
-    K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
-    rows, cols = np.mgrid[10:40, 0:64]
-
-    def plane(first, last, z):  # one model point per pixel centre of columns first..last at depth z
-        sel = (cols >= first) & (cols <= last)
-        return np.stack([(cols[sel] - 32) / 100 * z, (rows[sel] - 24) / 100 * z, np.full(sel.sum(), z)], 1)
-
-    points = np.concatenate([plane(20, 29, 1.0), plane(25, 44, 1.2)])
+    points = np.concatenate([_pin_plane(20, 29, 1.0), _pin_plane(25, 44, 1.2)])
     point_ids = np.repeat([1, 2], [10 * 30, 20 * 30])
-    front = front_model_ids(points, point_ids, K, np.eye(4), (48, 64))
+    front = front_model_ids(points, point_ids, PIN_K, np.eye(4), (48, 64))
     assert (front[10:40, 20:30] == 1).all() and (front[10:40, 30:45] == 2).all() and (front[:10] == 0).all()
     view = np.zeros((48, 64), np.uint16)
     view[10:40, 20:33], view[10:40, 33:45] = 1, 2
@@ -145,16 +158,49 @@ def test_models_are_cut_to_the_silhouettes_of_all_views():
     objects = RigidObjects(CFG)
     objects.add(np.concatenate([box, smear]), np.zeros(len(box) + len(smear), int),
                 np.ones(len(box) + len(smear), int))
-    silhouettes = np.zeros((2, 48, 64), bool)
-    for c, T in enumerate((T0, T1)):
-        uv, _ = project(K, T, box)
-        u, v = np.rint(uv).astype(int).T
-        silhouettes[c, v.min():v.max() + 1, u.min():u.max() + 1] = True
+    silhouettes = _box_views(box, K, (T0, T1))
     silhouettes[0] = cv2.dilate(silhouettes[0].astype(np.uint8), np.ones((13, 13), np.uint8)) > 0  # the smear
     uv, _ = project(K, T1, smear)
     assert not silhouettes[1][tuple(np.rint(uv[:, ::-1]).astype(int).T)].any()  # the test's premise
     objects.cut_to_silhouettes(silhouettes, np.stack([K, K]), np.stack([T0, T1]))
     assert len(objects.models[1]) == len(box) and np.allclose(np.sort(objects.models[1], 0), np.sort(box, 0))
+
+
+def test_visual_hull_holds_the_object_and_drops_what_a_view_sees_through():
+    """A 10 cm box seen by a camera in front and one from above: the hull (1 cm cells) holds every cell of
+    the box, nothing 3 cm beyond it, and loses the cells of the box's left half where the front camera's
+    depth lies 20 cm behind them (free space: in a scene, the gap between two objects)."""
+    K = np.array([[200.0, 0, 32], [0, 200.0, 24], [0, 0, 1]])
+    cameras = (np.eye(4), look_at_T_cw([0.0, -1.0, 1.0], [0.0, 0.0, 1.0]))
+    cells = np.stack(np.meshgrid(*[np.arange(-0.045, 0.05, 0.01)] * 3, indexing="ij"), -1).reshape(-1, 3) + [0, 0, 1]
+    silhouettes = _box_views(cells, K, cameras)
+    lo, hi = np.array([-0.1, -0.1, 0.9]), np.array([0.1, 0.1, 1.1])
+    depths = np.zeros((2, 48, 64))
+    hull = visual_hull(silhouettes, depths, np.stack([K, K]), np.stack(cameras), lo, hi, 0.01, 0.02)
+    held = {tuple(p) for p in np.round(hull, 4)}
+    assert all(tuple(p) in held for p in np.round(cells, 4))
+    assert np.abs(hull - [0, 0, 1]).max() < 0.05 + 0.03
+    depths[0, :, :32] = 1.2  # camera 0 sees the table 20 cm behind the box's left half
+    carved = visual_hull(silhouettes, depths, np.stack([K, K]), np.stack(cameras), lo, hi, 0.01, 0.02)
+    assert len(carved) < len(hull) and (carved[:, 0] > 0).all()
+
+
+def test_the_hull_fills_in_a_part_of_the_object_behind_that_no_model_point_holds():
+    """Pin A (columns 20-29, 1 m) in front of pin B (columns 25-44, 1.2 m), both of one colour. B's model
+    lacks its columns 30-34 (only this view sees them and its depth there is A's); B's share of the hull
+    holds them, so there B shows in front, while A's model keeps its own columns."""
+    a, b_seen, b_missing = _pin_plane(20, 29, 1.0), _pin_plane(35, 44, 1.2), _pin_plane(30, 34, 1.2)
+    objects = RigidObjects(CFG)
+    objects.add(np.concatenate([a, b_seen]), np.zeros(len(a) + len(b_seen), int),
+                np.repeat([1, 2], [len(a), len(b_seen)]))
+    objects.add_hull(np.concatenate([a, b_seen, b_missing]), 0.1)  # pixels here are 12 mm wide at 1.2 m
+    assert len(objects.hulls[1]) == len(a) and len(objects.hulls[2]) == len(b_seen) + len(b_missing)
+    model, model_ids = objects.posed()
+    front = front_model_ids(model, model_ids, PIN_K, np.eye(4), (48, 64))
+    assert (front[10:40, 30:35] == 0).all()
+    hull, hull_ids = objects.posed(shapes=objects.hulls)
+    front = front_ids(model, model_ids, hull, hull_ids, PIN_K, np.eye(4), (48, 64))
+    assert (front[10:40, 20:30] == 1).all() and (front[10:40, 30:45] == 2).all() and (front[:10] == 0).all()
 
 
 def test_ids_follow_fast_objects_that_pass_close_to_each_other():
