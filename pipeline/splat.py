@@ -154,11 +154,9 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
     instead the (C,N,n_labels) largest weight of each Gaussian per label."""
     A, kmax = tiles.gaussian.shape
     C, N = proj.depth.shape
-    r = torch.arange(TILE, device=opacities.device, dtype=opacities.dtype)
-    py, px = torch.meshgrid(r, r, indexing="ij")
-    px, py = px.reshape(-1), py.reshape(-1)
-    # The exponent is a quadratic in tile-local pixel coordinates: one matmul per chunk.
-    basis = torch.stack([px * px, py * py, px * py, px, py, torch.ones_like(px)], -1)        # (P,6)
+    # Tile-local pixel coordinates: x (TILE,1) along a row, y (TILE,1,1) down the tile (pixel p = y TILE + x).
+    x = torch.arange(TILE, device=opacities.device, dtype=opacities.dtype)[:, None]
+    y = x[:, :, None]
     pad = lambda x: torch.cat([x, x.new_zeros((C, 1, *x.shape[2:]))], 1)  # noqa: E731
     mean2d, conic = pad(proj.mean2d), pad(proj.conic)
     vals = pad(values) if labels is None else None
@@ -182,10 +180,17 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
         m = take(mean2d) - tiles.origin[live, None].to(mean2d.dtype)          # (L,k,2) tile-local
         a, b, c = take(conic).unbind(-1)
         mx, my = m.unbind(-1)
-        coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx,
-                            log_opac.index_select(0, g.reshape(-1)).reshape(g.shape)
-                            - 0.5 * (a * mx * mx + c * my * my) - b * mx * my], 1)   # (L,6,k)
-        alpha = torch.exp(torch.matmul(basis, coef)).clamp(max=ALPHA_MAX)        # (L,P,k)
+        # The exponent is a quadratic in x and y: a term in x alone, one in y alone and the cross term,
+        # (L,TILE,k) each, summed over the tile by broadcasting. Elementwise, its backward rounds the same at
+        # one thread as at two (as a matmul, a chunk of one tile made a single small sgemm, whose gradient MKL
+        # splits by thread).
+        in_x = (-0.5 * a[:, None]) * x * x + (a * mx + b * my)[:, None] * x
+        in_y = (-0.5 * c[:, None]) * x * x + (c * my + b * mx)[:, None] * x + (
+            log_opac.index_select(0, g.reshape(-1)).reshape(g.shape)
+            - 0.5 * (a * mx * mx + c * my * my) - b * mx * my)[:, None]
+        cross = -b[:, None] * x
+        exponent = (in_y[:, :, None] + in_x[:, None] + y * cross[:, None]).reshape(len(live), TILE * TILE, -1)
+        alpha = torch.exp(exponent).clamp(max=ALPHA_MAX)                      # (L,P,k)
         keep = alpha >= ALPHA_MIN
         t_live, d_live = trans[live], done[live]
         if d_live.any():

@@ -228,6 +228,16 @@ def quat_conj(q):
     return q * q.new_tensor([-1.0, -1.0, -1.0, 1.0])
 
 
+def ordered_sum(x: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """The sum of all elements of ``x``, added up in the same order at any thread count: torch splits a
+    full reduction of 32768 elements or more into one partial sum per thread, so its rounding followed the
+    thread count. Rows of ``block`` elements are summed (each by one thread), then their sums, and so on."""
+    x = x.reshape(-1)
+    while x.numel() > block:
+        x = F.pad(x, (0, -x.numel() % block)).reshape(-1, block).sum(1)
+    return x.sum()
+
+
 def rigidity_loss(means, quats, prev_means, prev_quats, offsets0, nbr, w, weights: dict) -> torch.Tensor:
     """Dynamic 3D Gaussians' local rigidity, rotation similarity and isometry over neighbours ``nbr``."""
     q, pq = F.normalize(quats, dim=-1), F.normalize(prev_quats, dim=-1)
@@ -235,7 +245,7 @@ def rigidity_loss(means, quats, prev_means, prev_quats, offsets0, nbr, w, weight
     R_rel = quat_to_rotmat(rel)
     off, prev_off = means[nbr] - means[:, None], prev_means[nbr] - prev_means[:, None]
     carried = torch.einsum("nij,nkj->nki", R_rel, prev_off)
-    wsum = w.sum().clamp_min(1e-9)
+    wsum = ordered_sum(w).clamp_min(1e-9)  # scales every gradient of these terms
     rigid = ((off - carried).norm(dim=-1) * w).sum() / wsum
     rot = ((rel[nbr] - rel[:, None]).norm(dim=-1) * w).sum() / wsum
     iso = ((off.norm(dim=-1) - offsets0).abs() * w).sum() / wsum
