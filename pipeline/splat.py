@@ -154,9 +154,8 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
     instead the (C,N,n_labels) largest weight of each Gaussian per label."""
     A, kmax = tiles.gaussian.shape
     C, N = proj.depth.shape
-    # Tile-local pixel coordinates: x (TILE,1) along a row, y (TILE,1,1) down the tile (pixel p = y TILE + x).
-    x = torch.arange(TILE, device=opacities.device, dtype=opacities.dtype)[:, None]
-    y = x[:, :, None]
+    # Tile-local pixel coordinates 0..TILE-1, (TILE,1): x along a row, y down the tile (pixel p = y TILE + x).
+    r = torch.arange(TILE, device=opacities.device, dtype=opacities.dtype)[:, None]
     pad = lambda x: torch.cat([x, x.new_zeros((C, 1, *x.shape[2:]))], 1)  # noqa: E731
     mean2d, conic = pad(proj.mean2d), pad(proj.conic)
     vals = pad(values) if labels is None else None
@@ -184,12 +183,13 @@ def _composite(proj: Projected, opacities, values, tiles: TileLists, labels=None
         # (L,TILE,k) each, summed over the tile by broadcasting. Elementwise, its backward rounds the same at
         # one thread as at two (as a matmul, a chunk of one tile made a single small sgemm, whose gradient MKL
         # splits by thread).
-        in_x = (-0.5 * a[:, None]) * x * x + (a * mx + b * my)[:, None] * x
-        in_y = (-0.5 * c[:, None]) * x * x + (c * my + b * mx)[:, None] * x + (
+        in_x = (-0.5 * a[:, None]) * r * r + (a * mx + b * my)[:, None] * r          # (L,TILE,k) over x = r
+        in_y = (-0.5 * c[:, None]) * r * r + (c * my + b * mx)[:, None] * r + (     # (L,TILE,k) over y = r
             log_opac.index_select(0, g.reshape(-1)).reshape(g.shape)
             - 0.5 * (a * mx * mx + c * my * my) - b * mx * my)[:, None]
-        cross = -b[:, None] * x
-        exponent = (in_y[:, :, None] + in_x[:, None] + y * cross[:, None]).reshape(len(live), TILE * TILE, -1)
+        cross = -b[:, None] * r                                                    # (L,TILE,k) over x, times y
+        exponent = in_y[:, :, None] + in_x[:, None] + r[:, :, None] * cross[:, None]   # (L,TILE,TILE,k)
+        exponent = exponent.reshape(len(live), TILE * TILE, -1)
         alpha = torch.exp(exponent).clamp(max=ALPHA_MAX)                      # (L,P,k)
         keep = alpha >= ALPHA_MIN
         t_live, d_live = trans[live], done[live]

@@ -1,17 +1,20 @@
 """Masks (offline backend): clustering, rigid tracking of ids, the stage on an episode, and bad input."""
 import json
 import re
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
                             colour_relabel, connected_objects, front_ids, front_model_ids,
-                            object_colour_probability, reassign_by_models, split_by_colour, visual_hull, write_masks)
+                            first_frame_hull, object_colour_probability, reassign_by_models, split_by_colour,
+                            visual_hull, write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
@@ -167,22 +170,43 @@ def test_models_are_cut_to_the_silhouettes_of_all_views():
 
 
 def test_visual_hull_holds_the_object_and_drops_what_a_view_sees_through():
-    """A 10 cm box seen by a camera in front and one from above: the hull (1 cm cells) holds every cell of
-    the box, nothing 3 cm beyond it, and loses the cells of the box's left half where the front camera's
-    depth lies 20 cm behind them (free space: in a scene, the gap between two objects)."""
+    """A 10 cm box seen by a camera in front of it and one from its side: of a grid of 1 cm cells the hull
+    keeps every cell of the box and none 3 cm beyond it, and loses the cells of the box's left half where
+    the front camera's depth lies 20 cm behind them (free space: in a scene, the gap between two objects)."""
     K = np.array([[200.0, 0, 32], [0, 200.0, 24], [0, 0, 1]])
     cameras = (np.eye(4), look_at_T_cw([0.0, -1.0, 1.0], [0.0, 0.0, 1.0]))
-    cells = np.stack(np.meshgrid(*[np.arange(-0.045, 0.05, 0.01)] * 3, indexing="ij"), -1).reshape(-1, 3) + [0, 0, 1]
-    silhouettes = _box_views(cells, K, cameras)
-    lo, hi = np.array([-0.1, -0.1, 0.9]), np.array([0.1, 0.1, 1.1])
+    grid = np.stack(np.meshgrid(*[np.arange(-0.095, 0.1, 0.01)] * 3, indexing="ij"), -1).reshape(-1, 3) + [0, 0, 1]
+    box = grid[np.abs(grid - [0, 0, 1]).max(axis=1) < 0.05]
+    silhouettes = _box_views(box, K, cameras)
     depths = np.zeros((2, 48, 64))
-    hull = visual_hull(silhouettes, depths, np.stack([K, K]), np.stack(cameras), lo, hi, 0.01, 0.02)
+    hull = visual_hull(grid, silhouettes, depths, np.stack([K, K]), np.stack(cameras), 0.02)
     held = {tuple(p) for p in np.round(hull, 4)}
-    assert all(tuple(p) in held for p in np.round(cells, 4))
+    assert all(tuple(p) in held for p in np.round(box, 4))
     assert np.abs(hull - [0, 0, 1]).max() < 0.05 + 0.03
     depths[0, :, :32] = 1.2  # camera 0 sees the table 20 cm behind the box's left half
-    carved = visual_hull(silhouettes, depths, np.stack([K, K]), np.stack(cameras), lo, hi, 0.01, 0.02)
+    carved = visual_hull(grid, silhouettes, depths, np.stack([K, K]), np.stack(cameras), 0.02)
     assert len(carved) < len(hull) and (carved[:, 0] > 0).all()
+
+
+def test_first_frame_hull_covers_each_model_and_its_reach_only():
+    """Two 2 cm models 0.8 m apart, every pixel a silhouette: the hull's cells (5 mm) reach label_radius_m
+    (3 cm) around each model, and none lie between the two, where a grid over both would put five times more."""
+    K = np.array([[200.0, 0, 32], [0, 200.0, 24], [0, 0, 1]])
+    frames = SimpleNamespace(K=K[None], T_cw=look_at_T_cw([0.0, -1.0, 1.0], [0.0, 0.0, 0.0])[None])
+    cfg = {**CFG, "hull_erode_px": 0, "hull_voxel_m": 0.005, "label_radius_m": 0.03, "carve_margin_m": 0.02}
+    rng = np.random.default_rng(3)
+    models = [_box([-0.4, 0, 0.05], rng, 200, (0.02,) * 3), _box([0.4, 0, 0.05], rng, 200, (0.02,) * 3)]
+    objects = RigidObjects(cfg)
+    objects.add(np.concatenate(models), np.zeros(400, int), np.repeat([1, 2], 200))
+    hull = first_frame_hull(np.ones((1, 48, 64), bool), np.zeros((1, 48, 64)), frames, objects, cfg)
+    nearest = np.minimum(*[cKDTree(m).query(hull)[0] for m in models])
+    assert nearest.max() < 0.03 * np.sqrt(3) + 0.005  # within a model's box and a cell
+    reach = np.stack(np.meshgrid(*[np.arange(-0.045, 0.05, 0.005)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    for m in models:  # every cell centre near a model point is in the hull
+        near = reach + m.mean(axis=0).round(3)
+        near = near[cKDTree(m).query(near)[0] < 0.025]
+        assert cKDTree(hull).query(near)[0].max() < 0.005
+    assert len(hull) <= 2 * 17 ** 3  # each model's box, 8 cm a side; a grid over both: 172 x 16 x 16 cells
 
 
 def test_the_hull_fills_in_a_part_of_the_object_behind_that_no_model_point_holds():
@@ -193,14 +217,23 @@ def test_the_hull_fills_in_a_part_of_the_object_behind_that_no_model_point_holds
     objects = RigidObjects(CFG)
     objects.add(np.concatenate([a, b_seen]), np.zeros(len(a) + len(b_seen), int),
                 np.repeat([1, 2], [len(a), len(b_seen)]))
+    # The hull is stored in each model's frame: B has moved by a turn and a shift since its model was made.
+    turn = Rotation.from_rotvec([0.1, 0.2, 0.3]).as_matrix()
+    objects.models[2] = (objects.models[2] - [0.01, 0, 0.02]) @ turn  # posed: model @ turn.T + shift
+    objects.poses[2] = (turn, np.array([0.01, 0, 0.02]))
     objects.add_hull(np.concatenate([a, b_seen, b_missing]), 0.1)  # pixels here are 12 mm wide at 1.2 m
     assert len(objects.hulls[1]) == len(a) and len(objects.hulls[2]) == len(b_seen) + len(b_missing)
+    assert np.allclose(objects.posed(shapes=objects.hulls)[0], np.concatenate([a, b_seen, b_missing]))
     model, model_ids = objects.posed()
+    assert np.allclose(model, np.concatenate([a, b_seen]))
     front = front_model_ids(model, model_ids, PIN_K, np.eye(4), (48, 64))
     assert (front[10:40, 30:35] == 0).all()
     hull, hull_ids = objects.posed(shapes=objects.hulls)
     front = front_ids(model, model_ids, hull, hull_ids, PIN_K, np.eye(4), (48, 64))
     assert (front[10:40, 20:30] == 1).all() and (front[10:40, 30:45] == 2).all() and (front[:10] == 0).all()
+    # No point in the image (none at all, or all behind the camera): nothing shows.
+    for points in (np.zeros((0, 3)), -a):
+        assert not front_model_ids(points, np.ones(len(points), int), PIN_K, np.eye(4), (48, 64)).any()
 
 
 def test_ids_follow_fast_objects_that_pass_close_to_each_other():
