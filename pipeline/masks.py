@@ -22,7 +22,9 @@ object stands in front of another, the depth smears the near one's id over the f
 one colour (pins) are told apart there by their posed models instead (``reassign_by_models``): a pixel
 where a model shows in front of the others takes its id, if its colour fits. For this the models are cut
 to the first frame's silhouettes in all views (``RigidObjects.cut_to_silhouettes``), since the depth
-fattens them too.
+fattens them too; where no model point shows, each object's share of the first frame's visual hull
+decides (``first_frame_hull``, ``RigidObjects.add_hull``): a far object's part that one view alone sees
+and its depth misses.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -214,10 +216,10 @@ class RigidObjects:
     Each object keeps the (M,3) world points it had when first seen (its model), their colours (as a
     chromaticity histogram) and a pose (R, t) that carries them to the current frame; and its share of the
     first frame's visual hull (``hulls``, in the model's frame), which fills in what no model point shows.
-    Tracking a frame: predict every pose at constant velocity, then refine all poses jointly by ICP against the frame's
-    fused points (each point pairs with the object that ``assign`` gives it, at that object's nearest
-    model point, within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``; one Kabsch fit
-    per object and step). Because the models never absorb this frame's points, a
+    Tracking a frame: predict every pose at constant velocity, then refine all poses jointly by ICP against
+    the frame's fused points (each point pairs with the object that ``assign`` gives it, at that object's
+    nearest model point, within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``; one Kabsch
+    fit per object and step). Because the models never absorb this frame's points, a
     mislabelled point cannot leak into an object and carry its id on to later frames.
     """
 
