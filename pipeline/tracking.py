@@ -78,15 +78,15 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Gaussians:
     """Per-Gaussian parameters (torch leaves, optimised in their unconstrained forms)."""
 
-    def __init__(self, means, colours, labels, scales):
+    def __init__(self, means, colours, labels, scales, device: torch.device):
         n = len(means)
-        self.means = torch.as_tensor(means, dtype=torch.float32).clone()
-        self.quats = torch.zeros(n, 4)
+        self.means = torch.as_tensor(means, dtype=torch.float32, device=device).clone()
+        self.quats = torch.zeros(n, 4, device=device)
         self.quats[:, 3] = 1.0
-        self.log_scales = torch.log(torch.as_tensor(scales, dtype=torch.float32))[:, None].repeat(1, 3)
-        self.opacity_logits = torch.full((n,), 2.0)  # sigmoid(2) = 0.88
-        self.colours = torch.as_tensor(colours, dtype=torch.float32).clone()
-        self.labels = torch.as_tensor(labels, dtype=torch.long).clone()
+        self.log_scales = torch.log(torch.as_tensor(scales, dtype=torch.float32, device=device))[:, None].repeat(1, 3)
+        self.opacity_logits = torch.full((n,), 2.0, device=device)  # sigmoid(2) = 0.88
+        self.colours = torch.as_tensor(colours, dtype=torch.float32, device=device).clone()
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=device).clone()
 
     @property
     def scales(self):
@@ -108,19 +108,19 @@ class Gaussians:
 class Frame:
     """One frame of all cameras: colour (C,H,W,3) in [0, 1] and mask ids (C,H,W)."""
 
-    def __init__(self, colour: np.ndarray, ids: np.ndarray, n_ids: int):
-        self.rgb = torch.from_numpy(colour).float() / 255.0
-        ids = torch.from_numpy(ids.astype(np.int64))
+    def __init__(self, colour: np.ndarray, ids: np.ndarray, n_ids: int, device: torch.device):
+        self.rgb = torch.from_numpy(colour).to(device).float() / 255.0
+        ids = torch.from_numpy(ids.astype(np.int64)).to(device)
         self.seg = F.one_hot(ids.clamp(max=n_ids), n_ids + 1)[..., 1:].float()   # (C,H,W,M)
 
 
 class Views:
     """The calibrated cameras and the static background the objects are composited over."""
 
-    def __init__(self, K: np.ndarray, T_cw: np.ndarray, background: np.ndarray, backend: str):
-        self.K = torch.as_tensor(K, dtype=torch.float32)
-        self.T_cw = torch.as_tensor(T_cw, dtype=torch.float32)
-        self.background = torch.from_numpy(background).float() / 255.0      # (C,H,W,3)
+    def __init__(self, K: np.ndarray, T_cw: np.ndarray, background: np.ndarray, backend: str, device: torch.device):
+        self.K = torch.as_tensor(K, dtype=torch.float32, device=device)
+        self.T_cw = torch.as_tensor(T_cw, dtype=torch.float32, device=device)
+        self.background = torch.from_numpy(background).to(device).float() / 255.0      # (C,H,W,3)
         self.height, self.width = background.shape[1:3]
         self.backend = resolve_backend(backend, self.K.device)
 
@@ -276,7 +276,7 @@ def fit_first_frame(g: Gaussians, views: Views, frame: Frame, n_ids: int, cfg: d
         return torch.optim.Adam([{"params": [getattr(g, n)], "lr": lr} for n, lr in params.items()])
 
     opt = optimiser()
-    grad_acc = torch.zeros(len(g.means))
+    grad_acc = torch.zeros(len(g.means), device=g.means.device)
     steps = fc["iterations"]
     for it in tqdm(range(steps), desc="first frame", unit="it", file=sys.stderr, leave=False):
         rgb, seg, _ = views.render(g, g.means, g.quats, n_ids)
@@ -287,7 +287,7 @@ def fit_first_frame(g: Gaussians, views: Views, frame: Frame, n_ids: int, cfg: d
         grad_acc += g.means.grad.norm(dim=-1).detach()
         if (it + 1) % fc["densify_every"] == 0 and it + 1 < fc["densify_until"] * steps:
             _prune_and_densify(g, grad_acc / fc["densify_every"], fc)
-            opt, grad_acc = optimiser(), torch.zeros(len(g.means))
+            opt, grad_acc = optimiser(), torch.zeros(len(g.means), device=g.means.device)
     keep = g.opacities.detach() > fc["prune_opacity"]
     g.select(keep)
     with torch.no_grad():
@@ -308,7 +308,7 @@ def _prune_and_densify(g: Gaussians, grad: torch.Tensor, fc: dict) -> None:
         split, clone = hot & big, hot & ~big
         # A split Gaussian becomes two, each displaced by a sample from it and 1.6x smaller.
         R = quat_to_rotmat(g.quats[split])
-        offsets = torch.einsum("nij,nj->ni", R, torch.randn(int(split.sum()), 3) * g.scales[split])
+        offsets = torch.einsum("nij,nj->ni", R, torch.randn(int(split.sum()), 3, device=R.device) * g.scales[split])
         new = {"means": torch.cat([g.means[clone], g.means[split] + offsets]),
                "quats": torch.cat([g.quats[clone], g.quats[split]]),
                "log_scales": torch.cat([g.log_scales[clone], g.log_scales[split] - np.log(1.6)]),
@@ -504,9 +504,10 @@ def apply_motion(means: torch.Tensor, quats: torch.Tensor, labels: torch.Tensor,
     means, quats = means.clone(), quats.clone()
     for k, M in motion.items():
         sel = labels == k
-        M = torch.from_numpy(M).float()
+        M = M.astype(np.float32)  # the motion as the Gaussians carry it
+        q = torch.from_numpy(Rotation.from_matrix(M[:3, :3].astype(np.float64)).as_quat()).float().to(means.device)
+        M = torch.from_numpy(M).to(means.device)
         means[sel] = means[sel] @ M[:3, :3].T + M[:3, 3]
-        q = torch.from_numpy(Rotation.from_matrix(M[:3, :3].numpy().astype(np.float64)).as_quat()).float()
         quats[sel] = quat_mul(q.expand_as(quats[sel]), quats[sel])
     return means, quats
 
@@ -515,15 +516,16 @@ def frame_start(means: np.ndarray, quats: np.ndarray, labels: torch.Tensor, moti
     """Where frame t's optimisation starts, from the (t,N,3) means and (t,N,4) quaternions of the frames
     before it: a constant-velocity prediction (as Dynamic 3D Gaussians), replaced for the objects in
     ``motion`` by their rigid motion since the last frame applied to their last state."""
-    prev_m, prev_q = torch.from_numpy(means[-1]), torch.from_numpy(quats[-1])
+    device = labels.device
+    prev_m, prev_q = torch.from_numpy(means[-1]).to(device), torch.from_numpy(quats[-1]).to(device)
     if len(means) >= 2:
-        m = 2 * prev_m - torch.from_numpy(means[-2])
-        q = F.normalize(2 * prev_q - torch.from_numpy(quats[-2]), dim=-1)
+        m = 2 * prev_m - torch.from_numpy(means[-2]).to(device)
+        q = F.normalize(2 * prev_q - torch.from_numpy(quats[-2]).to(device), dim=-1)
     else:
         m, q = prev_m.clone(), prev_q.clone()
     if motion:
         moved_m, moved_q = apply_motion(prev_m, prev_q, labels, motion)
-        sel = torch.isin(labels, torch.tensor(list(motion)))
+        sel = torch.isin(labels, torch.tensor(list(motion), device=device))
         m[sel], q[sel] = moved_m[sel], moved_q[sel]
     return m, q
 
@@ -568,9 +570,27 @@ def deterministic_torch():
         torch.use_deterministic_algorithms(previous)
 
 
-@deterministic_torch()
+def tracking_device(name: str) -> torch.device:
+    """The device of config key ``tracking/device``: auto (CUDA when torch sees a GPU), cpu or cuda."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrackingError("config key 'tracking/device': cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
 def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibration_path: str, cfg: dict,
                    out: str) -> dict:
+    """The stage on ``tracking/device``. On the CPU it runs with torch's deterministic algorithms; on CUDA
+    it does not: gsplat's backward adds up with atomics anyway, and torch's deterministic mode stops at the
+    first CUDA op that has no deterministic kernel."""
+    device = tracking_device(cfg["device"])
+    with deterministic_torch() if device.type == "cpu" else contextlib.nullcontext():
+        return _write_tracking(capture_path, depth_path, masks_path, calibration_path, cfg, out, device)
+
+
+def _write_tracking(capture_path: str, depth_path: str, masks_path: str, calibration_path: str, cfg: dict,
+                    out: str, device: torch.device) -> dict:
     capture = open_artifact(capture_path, "capture")
     depth_art = open_artifact(depth_path, "depth")
     masks = open_artifact(masks_path, "masks")
@@ -589,7 +609,10 @@ def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibrat
     n_ids = int(ids.max())
     if n_ids == 0:
         raise TrackingError(f"{masks_path}: no object in any mask; nothing to track")
-    views = Views(K, T_cw, background_images(colour, ids), cfg["backend"])
+    try:
+        views = Views(K, T_cw, background_images(colour, ids), cfg["backend"], device)
+    except ValueError as e:  # gsplat asked for on the CPU
+        raise TrackingError(f"config key 'tracking/backend': {e}") from None
     depth0 = depth_art["depth"][:, 0]
     points, cols, labels = initial_points(depth0, ids[:, 0], colour[:, 0], K, T_cw, cfg["init_voxel_m"],
                                           cfg["init_margin_px"])
@@ -597,15 +620,16 @@ def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibrat
         raise TrackingError(f"{masks_path}: frame 0 has {len(points)} masked pixels with depth in "
                             f"{depth_path}; need at least 10 to start Gaussians")
     spacing = cKDTree(points).query(points, 4)[0][:, 1:].mean(1).clip(cfg["init_voxel_m"] / 4, cfg["init_voxel_m"])
-    g = Gaussians(points, cols, labels, spacing / 2)
-    fit = fit_first_frame(g, views, Frame(colour[:, 0], ids[:, 0], n_ids), n_ids, cfg)
+    g = Gaussians(points, cols, labels, spacing / 2, device)
+    fit = fit_first_frame(g, views, Frame(colour[:, 0], ids[:, 0], n_ids, device), n_ids, cfg)
     N = len(g.means)
-    means0 = g.means.detach().numpy()
-    nbr, w = neighbours(means0, g.labels.numpy(), cfg["neighbours"], cfg["neighbour_weight"])
+    means0 = g.means.detach().cpu().numpy()
+    nbr, w = neighbours(means0, g.labels.cpu().numpy(), cfg["neighbours"], cfg["neighbour_weight"])
+    nbr, w = nbr.to(device), w.to(device)
     offsets0 = (g.means[nbr] - g.means[:, None]).norm(dim=-1).detach()
     traj_means = np.zeros((T, N, 3), np.float32)
     traj_quats = np.zeros((T, N, 4), np.float32)
-    traj_means[0], traj_quats[0] = means0, F.normalize(g.quats.detach(), dim=-1).numpy()
+    traj_means[0], traj_quats[0] = means0, F.normalize(g.quats.detach(), dim=-1).cpu().numpy()
     losses = np.zeros(T)
     losses[0] = fit["loss"]
     attrs = {k: masks.attrs[k] for k in ("scene", "episode", "split", "camera_names")}
@@ -613,23 +637,23 @@ def write_tracking(capture_path: str, depth_path: str, masks_path: str, calibrat
     poses = ObjectPoses(masked_points(depth0, ids[:, 0], K, T_cw, cfg["prealign_stride"]), cfg) \
         if cfg["prealign"] else None
     with ArtifactWriter(out, "tracking", "tracking", cfg, **attrs, method=method, renderer=views.backend,
-                        source_capture=str(capture_path), source_depth=str(depth_path),
+                        device=device.type, source_capture=str(capture_path), source_depth=str(depth_path),
                         source_masks=str(masks_path), source_calibration=str(calibration_path)) as art:
         for t in tqdm(range(1, T), desc="tracking", unit="frame", file=sys.stderr):
-            prev_m, prev_q = torch.from_numpy(traj_means[t - 1]), torch.from_numpy(traj_quats[t - 1])
+            prev_m, prev_q = (torch.from_numpy(x[t - 1]).to(device) for x in (traj_means, traj_quats))
             motion = poses.step(masked_points(depth_art["depth"][:, t], ids[:, t], K, T_cw, cfg["prealign_stride"])) \
                 if poses is not None else {}
             m, q = frame_start(traj_means[:t], traj_quats[:t], g.labels, motion)
-            m, q, losses[t] = track_frame(g, views, Frame(colour[:, t], ids[:, t], n_ids), n_ids, m, q,
+            m, q, losses[t] = track_frame(g, views, Frame(colour[:, t], ids[:, t], n_ids, device), n_ids, m, q,
                                           prev_m, prev_q, offsets0, nbr, w, cfg)
-            traj_means[t], traj_quats[t] = m.numpy(), q.numpy()
+            traj_means[t], traj_quats[t] = m.cpu().numpy(), q.cpu().numpy()
         put(art, "means", traj_means, {"shape": "(T, N, 3)", "unit": "m", "frame": "world"})
         put(art, "quats", traj_quats, {"shape": "(T, N, 4)", "convention": "(x, y, z, w), object to world"})
-        put(art, "scales", g.scales.detach().numpy(), {"unit": "m", "note": "standard deviations"})
-        put(art, "opacities", g.opacities.detach().numpy())
-        put(art, "colours", g.colours.detach().clamp(0, 1).numpy(), {"range": "[0, 1] RGB"})
-        put(art, "mask_labels", g.labels.numpy(), {"note": "first-frame mask id each Gaussian was fitted with"})
-        put(art, "background", views.background.mul(255).round().byte().numpy(), {"shape": "(C, H, W, 3)"})
+        put(art, "scales", g.scales.detach().cpu().numpy(), {"unit": "m", "note": "standard deviations"})
+        put(art, "opacities", g.opacities.detach().cpu().numpy())
+        put(art, "colours", g.colours.detach().clamp(0, 1).cpu().numpy(), {"range": "[0, 1] RGB"})
+        put(art, "mask_labels", g.labels.cpu().numpy(), {"note": "first-frame mask id each Gaussian was fitted with"})
+        put(art, "background", views.background.mul(255).round().byte().cpu().numpy(), {"shape": "(C, H, W, 3)"})
         put(art, "loss", losses)
         put(art, "K", K, {"note": "colour cameras the Gaussians were fitted in"})
         put(art, "T_cw", T_cw, {"maps": "world -> colour camera"})

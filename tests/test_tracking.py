@@ -1,6 +1,7 @@
 """Tracking, id voting and pseudo-labels: unit checks and the three stages on a small episode."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -294,3 +295,34 @@ def test_tracking_bad_input(episode_inputs, default_config, tmp_path):
                         "--spec", json.dumps({"name": "bowling", "tracking": _fast(default_config)}), "--out", str(out))
     assert result.returncode == 2 and "expected a 'masks' artifact" in result.stderr
     assert not out.exists()
+    if not torch.cuda.is_available():
+        for key, value, message in (("device", "cuda", "torch sees no CUDA device"),
+                                    ("backend", "gsplat", "needs CUDA tensors")):
+            spec = {"name": "bowling", "tracking": {**_fast(default_config), key: value}}
+            result = run_module("pipeline.tracking", "--capture", str(e["capture"]), "--depth", str(e["depth"]),
+                                "--masks", str(e["masks"]), "--calibration", str(e["calibration"]),
+                                "--spec", json.dumps(spec), "--out", str(out))
+            assert result.returncode == 2 and f"'tracking/{key}'" in result.stderr and message in result.stderr
+            assert not out.exists()
+
+
+@pytest.mark.gpu
+def test_tracking_on_cuda_tracks_as_on_the_cpu(episode_inputs, default_config):
+    """The stage on a GPU, with the reference renderer and with gsplat (where installed), tracks the small
+    episode about as well as on the CPU: the same guards as the CPU test, and mte within 3 mm of the CPU's.
+    Runs on a lent GPU machine; CI has none."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    e = episode_inputs
+    gt = open_artifact(e["groundtruth"], "groundtruth")
+    runs = [("cpu", "torch"), ("cuda", "torch")] + [("cuda", "gsplat")] * bool(importlib.util.find_spec("gsplat"))
+    figures = {}
+    for device, backend in runs:
+        out = e["dir"] / f"on_{device}_{backend}.zarr"
+        write_tracking(str(e["capture"]), str(e["depth"]), str(e["masks"]), str(e["calibration"]),
+                       {**_fast(default_config), "device": device, "backend": backend}, str(out))
+        art = open_artifact(out, "tracking")
+        assert (art.attrs["device"], art.attrs["renderer"]) == (device, backend)
+        figures[device, backend] = tracking_figures(art, gt)
+    for run, f in figures.items():
+        assert f["mte_mm"][0] < figures["cpu", "torch"]["mte_mm"][0] + 3 and f["survival"][0] > 0.95, (run, figures)
