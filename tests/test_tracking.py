@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from pipeline.quality.tracking import tracking_figures
 from pipeline.tracking import (ObjectPoses, TrackingError, _icp, _icp_plane, mask_interior, ordered_sum,
                                point_normals, write_tracking)
 
-from .conftest import run_module
+from .conftest import ROOT, run_module
 from .test_masks import _calibration_from
 
 
@@ -304,6 +306,19 @@ def test_tracking_bad_input(episode_inputs, default_config, tmp_path):
                                 "--spec", json.dumps(spec), "--out", str(out))
             assert result.returncode == 2 and f"'tracking/{key}'" in result.stderr and message in result.stderr
             assert not out.exists()
+
+
+def test_tracking_speed_benchmark_runs_and_tracks(tmp_path):
+    """bench/tracking_speed.py, which a lent GPU runs (bench/gpu.sh), at a toy size on the CPU: it writes its
+    JSON, and the timed frames keep the Gaussians within 2 mm of where the balls moved."""
+    out = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "tracking_speed.py"), "--device", "cpu",
+                             "--gaussians", "3000", "--size", "96", "72", "--frames", "2",
+                             "--first-frame-iterations", "12", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert (report["device"], report["renderer"], report["cameras"]) == ("cpu", "torch", 4)
+    assert len(report["runs_s"]) == 2 and max(report["mean_error_mm"]) < 2.0, report
 
 
 @pytest.mark.gpu
