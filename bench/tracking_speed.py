@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import validate_config  # noqa: E402
-from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw  # noqa: E402
+from pipeline.realsense import build_rig  # noqa: E402
 from pipeline.tracking import (Frame, Gaussians, Views, apply_motion, fit_first_frame, neighbours,  # noqa: E402
                                track_frame, tracking_device)
 
@@ -56,11 +56,9 @@ def balls(n: int, rng: np.random.Generator):
 
 
 def rig_cameras(config: dict, width: int, height: int):
-    """(4,3,3) K and (4,4,4) T_cw of config.yaml's rig colour cameras at width x height."""
-    rig = config["rig"]
-    K = intrinsics_from_hfov(width, height, np.radians(rig["color"]["hfov_deg"]))
-    T_cw = np.stack([look_at_T_cw(cam["position"], rig["look_at"]) for cam in rig["cameras"]])
-    return np.repeat(K[None], len(T_cw), 0), T_cw
+    """(C,3,3) K and (C,4,4) T_cw of config.yaml's rig colour cameras at width x height."""
+    rig = build_rig({**config["rig"], "color": {**config["rig"]["color"], "resolution": [width, height]}})
+    return np.stack([unit.color.K for unit in rig]), np.stack([unit.color.T_cw for unit in rig])
 
 
 def main() -> int:

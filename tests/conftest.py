@@ -1,6 +1,7 @@
 """Shared fixtures: a small config (tiny images, few frames) and helpers to run stage commands."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
@@ -21,6 +22,19 @@ def external(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is absent (it lives beside the project, not in a user's clone)")
     return path
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch at ``n`` threads for the duration, then as it was."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def run_module(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

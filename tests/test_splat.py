@@ -8,7 +8,7 @@ import torch
 
 from pipeline.splat import brute_force, contributions, project, render
 
-from .conftest import external
+from .conftest import external, torch_threads
 
 
 def gaussians(n: int, seed: int, dtype=torch.float64, spread: float = 0.1, opacity=(0.05, 0.95)):
@@ -74,14 +74,10 @@ def test_gradients_round_the_same_at_any_thread_count():
         K = torch.tensor([[[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]]])
         grads = []
         for n in (1, 2):
-            threads = torch.get_num_threads()
-            torch.set_num_threads(n)
-            try:
+            with torch_threads(n):
                 inputs = [p.float().requires_grad_(True) for p in gaussians(60, 2)]
                 out = render(*inputs, K, T[:1], width, height, backend="torch")
                 ((out.features ** 2).sum() + out.depth.sum() + out.alpha.sum()).backward()
-            finally:
-                torch.set_num_threads(threads)
             grads.append([x.grad for x in inputs])
         assert grads[0][0].abs().max() > 0
         for a, b in zip(*grads):

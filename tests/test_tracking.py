@@ -23,7 +23,7 @@ from pipeline.quality.tracking import tracking_figures
 from pipeline.tracking import (ObjectPoses, TrackingError, _icp, _icp_plane, mask_interior, ordered_sum,
                                point_normals, write_tracking)
 
-from .conftest import ROOT, run_module
+from .conftest import ROOT, run_module, torch_threads
 from .test_masks import _calibration_from
 
 
@@ -204,14 +204,10 @@ def episode_inputs(bowling_episode, default_config, small_config, tmp_path_facto
 
 def test_ordered_sum_rounds_the_same_at_any_thread_count():
     x = torch.rand(300_001, generator=torch.Generator().manual_seed(0)) * 1e-3
-    threads = torch.get_num_threads()
-    try:
-        sums = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    sums = []
+    for n in (1, 2):
+        with torch_threads(n):
             sums.append(ordered_sum(x))
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(sums[0], sums[1])
     assert abs(float(sums[0]) - float(x.double().sum())) < 1e-6 * float(x.double().sum())
 
@@ -266,16 +262,12 @@ def test_tracking_is_bitwise_the_same_at_any_thread_count(episode_inputs, defaul
     e = episode_inputs
     cfg = _fast(default_config)
     cfg["first_frame"]["densify_every"] = 10  # densify within the short fit, where rounding decides
-    threads = torch.get_num_threads()
     runs = []
-    try:
-        for i, n in enumerate((2, 2, 1)):
-            torch.set_num_threads(n)
-            out = e["dir"] / f"run{i}_threads{n}.zarr"
+    for i, n in enumerate((2, 2, 1)):
+        out = e["dir"] / f"run{i}_threads{n}.zarr"
+        with torch_threads(n):
             write_tracking(str(e["capture"]), str(e["depth"]), str(e["masks"]), str(e["calibration"]), cfg, str(out))
-            runs.append(open_artifact(out, "tracking"))
-    finally:
-        torch.set_num_threads(threads)
+        runs.append(open_artifact(out, "tracking"))
     assert not torch.are_deterministic_algorithms_enabled()  # the stage leaves the global setting alone
     assert runs[0]["means"].shape == runs[1]["means"].shape
     assert np.array_equal(runs[0]["means"][:], runs[1]["means"][:])
