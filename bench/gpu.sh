@@ -3,11 +3,13 @@
 #
 #   bench/gpu.sh prepare   here, with `make setup` done: .gpu/ (git ignores it) gets the wheels the GPU
 #                          machine's PyTorch image lacks (gsplat, zarr, jsonschema and what they need, at the
-#                          versions of constraints.txt, for its Python 3.12) and gsplat's garden harness
+#                          versions of constraints.txt, for its Python 3.12), gsplat's garden harness and the
+#                          tests' small bowling episode (that image has no pybullet to render it)
 #   bench/gpu.sh run       on the GPU machine, .gpu/ carried along: installs the wheels, puts the harness where
-#                          the tests look, runs the GPU tests (gsplat against the reference renderer) and
-#                          bench/tracking_speed.py on CUDA with each renderer; logs and JSON go to $OUT
-#                          (bench/ where OUT is unset). gsplat builds its CUDA kernels on first use (nvcc).
+#                          the tests look, runs the GPU tests (gsplat against the reference renderer; the
+#                          tracking stage on CUDA against the CPU) and bench/tracking_speed.py on CUDA with each
+#                          renderer; logs and JSON go to $OUT (bench/ where OUT is unset). gsplat builds its
+#                          CUDA kernels on first use (nvcc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # What the pipeline imports beyond the GPU image's packages, at constraints.txt's versions.
@@ -28,6 +30,11 @@ prepare)
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .gpu/wheels "${pins[@]}"
     cp "$HARNESS" .gpu/
+    .venv/bin/python -c 'import sys
+from pathlib import Path
+from pipeline.config import load_config
+from tests.conftest import render_bowling_episode, small
+render_bowling_episode(small(load_config("config.yaml")), Path(sys.argv[1]))' .gpu/episode
     du -sh .gpu
     ;;
 run)
@@ -37,7 +44,8 @@ run)
     mkdir -p "$(dirname "$HARNESS")" && cp .gpu/test_garden.npz "$HARNESS"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_device.txt"
     status=0
-    python3 -m pytest -q -m gpu tests/test_splat.py 2>&1 | tee "$out/gpu_tests.log" || status=1
+    PIPELINE_TEST_BOWLING_EPISODE=.gpu/episode python3 -m pytest -q -rs -m gpu tests/test_splat.py \
+        tests/test_tracking.py 2>&1 | tee "$out/gpu_tests.log" || status=1
     for backend in gsplat torch; do
         python3 bench/tracking_speed.py --device cuda --backend "$backend" \
             --out "$out/tracking_speed_cuda_$backend.json" 2>&1 | tee "$out/tracking_speed_cuda_$backend.log" || status=1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,10 +75,23 @@ def small_config_file(small_config, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bowling_episode(small_config, tmp_path_factory):
-    """(capture path, ground-truth path) of one small bowling episode, rendered once per session."""
+    """(capture path, ground-truth path) of one small bowling episode, rendered once per session; or, where
+    $PIPELINE_TEST_BOWLING_EPISODE names a folder, its capture.zarr and groundtruth.zarr, rendered elsewhere
+    from the same config (a lent GPU's image has no pybullet: `bench/gpu.sh prepare` renders one for it)."""
+    rendered = os.environ.get("PIPELINE_TEST_BOWLING_EPISODE")
+    if rendered:
+        cap, gt = Path(rendered) / "capture.zarr", Path(rendered) / "groundtruth.zarr"
+        for path in (cap, gt):
+            if not path.exists():
+                raise FileNotFoundError(f"PIPELINE_TEST_BOWLING_EPISODE: {path} does not exist")
+        return cap, gt
+    return render_bowling_episode(small_config, tmp_path_factory.mktemp("bowling"))
+
+
+def render_bowling_episode(config: dict, out: Path) -> tuple[Path, Path]:
+    """Render bowling train_0000 of ``config`` into ``out``; returns (capture path, ground-truth path)."""
     from pipeline.capture import write_episode
 
-    out = tmp_path_factory.mktemp("bowling")
     cap, gt = out / "capture.zarr", out / "groundtruth.zarr"
-    write_episode(scene_spec(small_config, "bowling"), "train_0000", str(cap), str(gt))
+    write_episode(scene_spec(config, "bowling"), "train_0000", str(cap), str(gt))
     return cap, gt
