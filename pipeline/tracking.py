@@ -147,8 +147,10 @@ def background_images(colour, ids) -> np.ndarray:
         col = colour[c].astype(np.float32)
         bg = (ids[c] == 0)[..., None]
         masked = np.where(bg, col, np.nan)
-        med = np.nanmedian(masked, axis=0) if bg.any() else np.full(col.shape[1:], np.nan)
-        fill = np.nanmedian(masked.reshape(-1, 3), axis=0) if bg.any() else np.full(3, 128.0)
+        seen = bg[..., 0].any(axis=0)  # (H,W) background in some frame (nanmedian warns on the others)
+        med = np.full(col.shape[1:], np.nan, np.float32)
+        med[seen] = np.nanmedian(masked[:, seen], axis=0)
+        fill = np.nanmedian(masked[:, seen].reshape(-1, 3), axis=0) if seen.any() else np.full(3, 128.0)
         out[c] = np.where(np.isnan(med), fill, med).round().clip(0, 255).astype(np.uint8)
     return out
 

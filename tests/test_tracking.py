@@ -20,8 +20,8 @@ from pipeline.labels import robust_motion
 from pipeline.quality.ids import id_figures
 from pipeline.quality.labels import label_figures
 from pipeline.quality.tracking import tracking_figures
-from pipeline.tracking import (ObjectPoses, TrackingError, _icp, _icp_plane, mask_interior, ordered_sum,
-                               point_normals, write_tracking)
+from pipeline.tracking import (ObjectPoses, TrackingError, _icp, _icp_plane, background_images, mask_interior,
+                               ordered_sum, point_normals, write_tracking)
 
 from .conftest import ROOT, run_module, torch_threads
 from .test_masks import _calibration_from
@@ -200,6 +200,22 @@ def episode_inputs(bowling_episode, default_config, small_config, tmp_path_facto
     assert result.returncode == 0, result.stderr
     return {"capture": bowling_episode[0], "groundtruth": bowling_episode[1], "depth": depth, "calibration": cal,
             "masks": masks, "dir": out}
+
+
+def test_background_is_the_median_of_the_frames_that_show_it(recwarn):
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (2, 5, 4, 6, 3), dtype=np.uint8)      # (C,T,H,W,3)
+    ids = np.zeros((2, 5, 4, 6), np.uint16)
+    ids[0, :, 0, 0] = 1                 # an object on this pixel in every frame
+    ids[0, :3, 1, 1] = 2                # and on this one in three of five
+    ids[1] = 1                          # a view the object fills
+    bg = background_images(colour, ids)
+    assert np.array_equal(bg[0, 1, 1], np.median(colour[0, 3:, 1, 1].astype(np.float32), axis=0).round())
+    assert np.array_equal(bg[0, 2, 3], np.median(colour[0, :, 2, 3].astype(np.float32), axis=0).round())
+    shown = np.where((ids[0] == 0)[..., None], colour[0].astype(np.float32), np.nan)
+    assert np.array_equal(bg[0, 0, 0], np.nanmedian(shown.reshape(-1, 3), axis=0).round())  # never shown
+    assert (bg[1] == 128).all()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_ordered_sum_rounds_the_same_at_any_thread_count():
