@@ -148,9 +148,10 @@ def background_images(colour, ids) -> np.ndarray:
         bg = (ids[c] == 0)[..., None]
         masked = np.where(bg, col, np.nan)
         seen = bg[..., 0].any(axis=0)  # (H,W) background in some frame (nanmedian warns on the others)
+        shown = masked[:, seen]                                # (T,P,3)
         med = np.full(col.shape[1:], np.nan, np.float32)
-        med[seen] = np.nanmedian(masked[:, seen], axis=0)
-        fill = np.nanmedian(masked[:, seen].reshape(-1, 3), axis=0) if seen.any() else np.full(3, 128.0)
+        med[seen] = np.nanmedian(shown, axis=0)
+        fill = np.nanmedian(shown.reshape(-1, 3), axis=0) if seen.any() else np.full(3, 128.0)
         out[c] = np.where(np.isnan(med), fill, med).round().clip(0, 255).astype(np.uint8)
     return out
 

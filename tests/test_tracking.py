@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from pipeline.quality.tracking import tracking_figures
 from pipeline.tracking import (ObjectPoses, TrackingError, _icp, _icp_plane, background_images, mask_interior,
                                ordered_sum, point_normals, write_tracking)
 
-from .conftest import ROOT, run_module, torch_threads
+from .conftest import run_module, torch_threads
 from .test_masks import _calibration_from
 
 
@@ -320,9 +318,8 @@ def test_tracking_speed_benchmark_runs_and_tracks(tmp_path):
     """bench/tracking_speed.py, which a lent GPU runs (bench/gpu.sh), at a toy size on the CPU: it writes its
     JSON, and the timed frames keep the Gaussians within 2 mm of where the balls moved."""
     out = tmp_path / "speed.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "tracking_speed.py"), "--device", "cpu",
-                             "--gaussians", "3000", "--size", "96", "72", "--frames", "2",
-                             "--first-frame-iterations", "12", "--out", str(out)], capture_output=True, text=True)
+    result = run_module("bench.tracking_speed", "--device", "cpu", "--gaussians", "3000", "--size", "96", "72",
+                        "--frames", "2", "--first-frame-iterations", "12", "--out", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert (report["device"], report["renderer"], report["cameras"]) == ("cpu", "torch", 4)
