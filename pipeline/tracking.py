@@ -16,7 +16,8 @@ composited over, so they never pull object Gaussians and stay static by construc
 
 Later frames, after Dynamic 3D Gaussians (Luiten et al. 2024) as GS-Dynamics uses it: colours,
 opacities and scales are frozen; positions and rotations start from a constant-velocity prediction,
-optionally moved per object by a rigid ICP onto the frame's masked depth (``prealign``), and are
+optionally moved per object by a rigid ICP onto the frame's masked depth (``prealign``; a ball, whose
+depth shows none of its turns, is rolled along its registered shift), and are
 optimised with the image and segmentation losses plus local rigidity, rotation similarity and isometry
 over k nearest neighbours of the same object (weights exp(-w d^2), d in metres, from the first frame)
 and a floor term (no Gaussian centre below the table).
@@ -399,6 +400,47 @@ def _plane_cost(near: np.ndarray, res: np.ndarray, radius: float, spread: float)
     return float(np.where(a <= 2, 0.5 * a ** 2, 2 * a - 2).sum())
 
 
+BALL_STIFFNESS = 0.035  # an object whose largest turn stiffness (turn_stiffness) is under this is a ball
+
+
+def turn_stiffness(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(3,) ascending: how firmly a point-to-plane registration of (P,3) ``points`` with (P,3) ``normals``
+    holds the object's turns once its shift is free (eigenvalues of the information matrix of the turn
+    about the centroid, the shift eliminated), in units of the points' summed squared distance from the
+    centroid. Near 0 for a turn that moves every point along its surface: a ball's three (the largest
+    0.012-0.014 on the bowling ball's first-frame depth, with its noisy normals), a pin's spin. The largest
+    of a pin's are 0.25-0.39 and of a cube's 0.09-0.30 (first frames of both scenes' episodes)."""
+    p = points - points.mean(0)
+    J = np.concatenate([np.cross(p, normals), normals], axis=1)
+    H = J.T @ J
+    turn = H[:3, :3] - H[:3, 3:] @ np.linalg.solve(H[3:, 3:], H[3:, :3])
+    return np.linalg.eigvalsh(turn) / max(float((p ** 2).sum()), 1e-12)
+
+
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """(3,) centre and radius (m) of the sphere through (P,3) ``points`` (linear least squares on
+    |p|^2 = 2 p.c + r^2 - |c|^2). The centroid of a ball's seen points lies off its centre, toward the
+    cameras."""
+    A = np.concatenate([2 * points, np.ones((len(points), 1))], axis=1)
+    x = np.linalg.lstsq(A, (points ** 2).sum(1), rcond=None)[0]
+    return x[:3], float(np.sqrt(max(x[3] + x[:3] @ x[:3], 0.0)))
+
+
+def roll(pose: np.ndarray, last: np.ndarray, predicted: np.ndarray, centre0: np.ndarray, radius: float,
+         gap: float) -> np.ndarray:
+    """The (4,4) pose of a ball whose registered ``pose`` fixes only its centre (``centre0`` at frame 0,
+    world, m): turned from its ``last`` pose as if rolling without slipping on the table (z = 0) along the
+    centre's shift, where the centre is at most ``gap`` above its ``radius``; off the table, with the turn of
+    the constant-velocity ``predicted`` pose."""
+    centre = transform_points(pose, centre0[None])[0]
+    if centre[2] <= radius + gap:
+        shift = centre - transform_points(last, centre0[None])[0]
+        R = Rotation.from_rotvec(np.cross([0.0, 0.0, 1.0], shift) / radius).as_matrix() @ last[:3, :3]
+    else:
+        R = predicted[:3, :3]
+    return make_T(R, centre - R @ centre0)
+
+
 class ObjectPoses:
     """Rigid poses of the objects from their masked depth, for the start of every frame.
 
@@ -427,7 +469,13 @@ class ObjectPoses:
     pose's cost is lower by more than ``prealign_shift_hold``: a cube pushed across the table is registered
     with a rotation jitter of degrees that the shift leaves out (cube_stacks labels' median rotation error
     1.74 / 2.21 / 2.82 / 1.66 -> 1.33 / 1.96 / 2.19 / 1.72 degrees on train_0000 / train_0001 / val_0000 /
-    test_0000); offered to every object instead, a tumbling cube's turn is taken late."""
+    test_0000); offered to every object instead, a tumbling cube's turn is taken late.
+
+    A ball's depth fixes its centre and none of its turns (``turn_stiffness``); its refined pose keeps the
+    registered centre of the sphere fitted to its first-frame points and is turned by ``roll``: rolling
+    without slipping along the centre's shift while it is on the table (``prealign_roll``). The bowling
+    ball turns 14-74 degrees a frame, which the photometric steps never found (labels 56-179 degrees off
+    on test_0000; rolled, 0-9)."""
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
         self.models = {k: v for k, v in first.items() if len(v) >= 20}
@@ -436,6 +484,9 @@ class ObjectPoses:
         self.poses = {k: np.eye(4) for k in self.models}
         self.velocity = {k: np.eye(4) for k in self.models}
         self.cfg = cfg
+        # Balls, {id: (centre at frame 0, radius)}: their depth fixes no turn (all three stiffnesses small).
+        self.balls = {k: fit_sphere(v) for k, v in self.models.items()
+                      if cfg["prealign_roll"] and turn_stiffness(v, self.normals[k])[-1] < BALL_STIFFNESS}
 
     def step(self, targets: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """Move to the next frame; returns {id: (4,4) motion since the last frame} of the objects seen."""
@@ -455,6 +506,8 @@ class ObjectPoses:
                                   self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"],
                                   self.cfg["prealign_normal_deg"])
                 pose = self._settle(k, target, target_normals, pose, predicted)
+                if k in self.balls and not np.array_equal(pose, self.poses[k]):
+                    pose = roll(pose, self.poses[k], predicted, *self.balls[k], self.cfg["prealign_roll_gap_m"])
             moved[k] = pose @ invert_T(self.poses[k])
             self.velocity[k], self.poses[k] = moved[k], pose
         return moved

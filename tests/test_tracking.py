@@ -18,8 +18,8 @@ from pipeline.labels import robust_motion
 from pipeline.quality.ids import id_figures
 from pipeline.quality.labels import label_figures
 from pipeline.quality.tracking import tracking_figures
-from pipeline.tracking import (ObjectPoses, TrackingError, _icp, _icp_plane, background_images, mask_interior,
-                               ordered_sum, point_normals, write_tracking)
+from pipeline.tracking import (BALL_STIFFNESS, ObjectPoses, TrackingError, _icp, _icp_plane, background_images,
+                               fit_sphere, mask_interior, ordered_sum, point_normals, turn_stiffness, write_tracking)
 
 from .conftest import run_module, torch_threads
 from .test_masks import _calibration_from
@@ -51,7 +51,8 @@ def test_robust_motion_rejects_outliers():
 
 PREALIGN = {"prealign_radius_m": 0.03, "prealign_plane_radius_m": 0.01, "prealign_iterations": 10,
             "prealign_min_share": 0.25, "prealign_normal_deg": 45.0, "prealign_hold": 40.0,
-            "prealign_shift_turn_deg": 1.0, "prealign_shift_max_deg": 5.0, "prealign_shift_hold": 160.0}
+            "prealign_shift_turn_deg": 1.0, "prealign_shift_max_deg": 5.0, "prealign_shift_hold": 160.0,
+            "prealign_roll": True, "prealign_roll_gap_m": 0.005}
 
 
 def _box_faces(rng, n):
@@ -138,6 +139,46 @@ def test_object_poses_keep_the_velocity_where_the_points_cannot_tell():
             seen = np.column_stack([rng.uniform(-0.018, 0.018, (500, 2)), 0.0225 + rng.normal(0, 0.0007, 500)])
         poses.step({1: seen + [0.003 * t, 0, 0]})
         assert np.abs(poses.poses[1][:3, 3] - [0.003 * t, 0, 0]).max() < 1e-3, t
+
+
+def _ball_cap(rng, n, radius=0.032):
+    """(n,3) points on a ball resting on the table (centre at z = radius) where cameras above see it (all but
+    its underside), with 0.5 mm noise."""
+    d = rng.normal(size=(3 * n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return d[d[:, 2] > -0.3][:n] * radius + [0.0, 0.0, radius] + rng.normal(0, 0.0005, (n, 3))
+
+
+def test_a_ball_is_told_from_a_box_and_its_sphere_fitted():
+    """A ball's depth holds none of its turns, a box's holds all three; the sphere through a ball's points
+    has its centre, not the points' centroid (which lies toward the cameras)."""
+    rng = np.random.default_rng(9)
+    ball, box = _ball_cap(rng, 1500), _box_faces(rng, 1500)
+    assert turn_stiffness(ball, point_normals(ball))[-1] < BALL_STIFFNESS < turn_stiffness(box, point_normals(box))[0]
+    centre, radius = fit_sphere(ball)
+    assert np.abs(centre - [0.0, 0.0, 0.032]).max() < 5e-4 and abs(radius - 0.032) < 5e-4
+    assert ball.mean(0)[2] > 0.032 + 0.005
+
+
+def test_object_poses_roll_a_ball_along_its_shift():
+    """A ball rolling 6 mm a frame along x, seen with fresh depth noise: its depth shows the shift alone, and
+    the pose turns it about y by 6 mm / radius a frame (no slipping). Thrown off the table it keeps turning
+    at that rate. Without ``prealign_roll`` it is not taken for a ball."""
+    rng = np.random.default_rng(10)
+    r = 0.032
+    poses = ObjectPoses({1: _ball_cap(rng, 1500, r)}, PREALIGN)
+    assert set(poses.balls) == {1}
+    centre0 = np.array([0.0, 0.0, r])
+    for t in range(1, 6):
+        poses.step({1: _ball_cap(rng, 1500, r) + [0.006 * t, 0, 0]})
+        rolled = Rotation.from_rotvec([0.0, 0.006 * t / r, 0.0]).as_matrix()
+        assert rotation_angle_deg(poses.poses[1][:3, :3], rolled) < 1.0, t
+        centre = poses.poses[1][:3, :3] @ centre0 + poses.poses[1][:3, 3]
+        assert np.linalg.norm(centre - centre0 - [0.006 * t, 0, 0]) < 1e-3, t
+    poses.step({1: _ball_cap(rng, 1500, r) + [0.036, 0, 0.02]})
+    rolled = Rotation.from_rotvec([0.0, 0.036 / r, 0.0]).as_matrix()
+    assert rotation_angle_deg(poses.poses[1][:3, :3], rolled) < 1.5
+    assert not ObjectPoses({1: _ball_cap(rng, 1500, r)}, {**PREALIGN, "prealign_roll": False}).balls
 
 
 def test_point_to_plane_holds_a_noisy_box_rotation():
