@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import open_artifact
-from pipeline.geometry import make_T, rotation_angle_deg
+from pipeline.geometry import make_T, rotation_angle_deg, transform_points
 from pipeline.ids import vote
 from pipeline.inspect import inspect
 from pipeline.labels import robust_motion
@@ -19,7 +19,8 @@ from pipeline.quality.ids import id_figures
 from pipeline.quality.labels import label_figures
 from pipeline.quality.tracking import tracking_figures
 from pipeline.tracking import (BALL_STIFFNESS, ObjectPoses, TrackingError, _icp, _icp_plane, background_images,
-                               fit_sphere, mask_interior, ordered_sum, point_normals, turn_stiffness, write_tracking)
+                               box_axes, fit_sphere, lay_flat, mask_interior, ordered_sum, point_normals,
+                               turn_stiffness, write_tracking)
 
 from .conftest import run_module, torch_threads
 from .test_masks import _calibration_from
@@ -52,7 +53,8 @@ def test_robust_motion_rejects_outliers():
 PREALIGN = {"prealign_radius_m": 0.03, "prealign_plane_radius_m": 0.01, "prealign_iterations": 10,
             "prealign_min_share": 0.25, "prealign_normal_deg": 45.0, "prealign_hold": 40.0,
             "prealign_shift_turn_deg": 1.0, "prealign_shift_max_deg": 5.0, "prealign_shift_hold": 160.0,
-            "prealign_roll": True, "prealign_roll_gap_m": 0.005}
+            "prealign_roll": True, "prealign_roll_gap_m": 0.005, "prealign_flat": True, "prealign_flat_deg": 5.0,
+            "prealign_flat_gap_m": 0.02}
 
 
 def _box_faces(rng, n):
@@ -179,6 +181,31 @@ def test_object_poses_roll_a_ball_along_its_shift():
     rolled = Rotation.from_rotvec([0.0, 0.036 / r, 0.0]).as_matrix()
     assert rotation_angle_deg(poses.poses[1][:3, :3], rolled) < 1.5
     assert not ObjectPoses({1: _ball_cap(rng, 1500, r)}, {**PREALIGN, "prealign_roll": False}).balls
+
+
+def test_a_box_on_the_table_is_laid_flat():
+    """A box's normals gather on its three face axes (a ball's do not). Registered 2 degrees tilted on the
+    table, it is turned flat about its centroid and keeps its yaw; tilted beyond the limit (leaning) or off
+    the table (on another box) it is left as registered."""
+    rng = np.random.default_rng(11)
+    box = _box_faces(rng, 1500) + [0.0, 0.0, 0.0225]  # on the table
+    axes = box_axes(point_normals(box))
+    assert axes is not None and np.sort(np.abs(axes).max(1)).min() > np.cos(np.radians(3))
+    ball = _ball_cap(rng, 1500)
+    assert box_axes(point_normals(ball)) is None
+    yaw = Rotation.from_euler("z", 10, degrees=True).as_matrix()
+    exact = np.eye(3)[np.abs(axes).argmax(1)]  # the true face axes, in the estimate's order
+    for tilt_deg, lift, flattened in ((2.0, 0.0, True), (8.0, 0.0, False), (2.0, 0.05, False)):
+        R = yaw @ Rotation.from_euler("x", tilt_deg, degrees=True).as_matrix()
+        pose = make_T(R, [0.01, 0.0, lift])
+        out = lay_flat(pose, box, exact, 5.0, 0.02)
+        if flattened:
+            assert rotation_angle_deg(out[:3, :3], yaw) < 0.1
+            assert np.linalg.norm(transform_points(out, box).mean(0) - transform_points(pose, box).mean(0)) < 1e-9
+        else:
+            assert np.array_equal(out, pose)
+    assert set(ObjectPoses({1: box}, PREALIGN).boxes) == {1}
+    assert not ObjectPoses({1: box}, {**PREALIGN, "prealign_flat": False}).boxes
 
 
 def test_point_to_plane_holds_a_noisy_box_rotation():
