@@ -464,7 +464,8 @@ def box_axes(normals: np.ndarray, tol_deg: float = 15.0) -> np.ndarray | None:
         return None
     second = gathered(int(np.flatnonzero(perp)[close[np.ix_(perp, perp)].sum(1).argmax()]), perp)
     second = second - (second @ first) * first
-    axes = np.stack([first, second / np.linalg.norm(second), np.cross(first, second / np.linalg.norm(second))])
+    second = second / np.linalg.norm(second)
+    axes = np.stack([first, second, np.cross(first, second)])
     return axes if (np.abs(n @ axes.T) > cos).any(1).mean() >= BOX_SHARE else None
 
 
@@ -541,8 +542,8 @@ class ObjectPoses:
         # Boxes, {id: (3,3) face normals at frame 0}: on the table they lie flat (``lay_flat``). Where the first
         # frame's box is on the table and nearly flat, its axes are taken as lying flat too.
         self.boxes = {}
-        for k, v in self.models.items():
-            axes = box_axes(self.normals[k]) if cfg["prealign_flat"] and k not in self.balls else None
+        for k, v in self.models.items() if cfg["prealign_flat"] else ():
+            axes = None if k in self.balls else box_axes(self.normals[k])
             if axes is not None:
                 flat = lay_flat(np.eye(4), v, axes, cfg["prealign_flat_deg"], cfg["prealign_flat_gap_m"])
                 self.boxes[k] = axes @ flat[:3, :3].T
