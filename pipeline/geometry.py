@@ -9,6 +9,7 @@ Conventions (every stage uses these):
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 
@@ -59,6 +60,14 @@ def icp(points: np.ndarray, target, T: np.ndarray, radii) -> np.ndarray:
         R, t = kabsch(posed[near], target.data[j[near]])
         T = make_T(R, t) @ T
     return T
+
+
+def point_normals(points: np.ndarray, k: int) -> np.ndarray:
+    """(N,3) unit normals (sign arbitrary) of (N,3) points: the axis of least spread of each point's k
+    nearest neighbours (itself included)."""
+    _, j = cKDTree(points).query(points, min(k, len(points)))
+    nb = points[j] - points[j].mean(axis=1, keepdims=True)
+    return np.linalg.eigh(np.einsum("nki,nkj->nij", nb, nb))[1][:, :, 0]
 
 
 def transform_gaussians(means: np.ndarray, quats: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

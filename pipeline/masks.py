@@ -22,9 +22,10 @@ object stands in front of another, the depth smears the near one's id over the f
 one colour (pins) are told apart there by their posed models instead (``reassign_by_models``): a pixel
 where a model shows in front of the others takes its id, if its colour fits. For this the models are cut
 to the first frame's silhouettes in all views (``RigidObjects.cut_to_silhouettes``), since the depth
-fattens them too; where no model point shows, each object's share of the first frame's visual hull
-decides (``first_frame_hull``, ``RigidObjects.add_hull``): a far object's part that one view alone sees
-and its depth misses.
+fattens them too, and drawn as small discs that a pixel's centre must see (``front_surfel_ids``), not as
+points that claim every pixel they fall in; where no model shows, each object's share of the first
+frame's visual hull decides (``first_frame_hull``, ``RigidObjects.add_hull``): a far object's part that
+one view alone sees and its depth misses.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -44,7 +45,8 @@ from tqdm import tqdm
 
 from .artifact import ArtifactWriter, frame_array, open_artifact, put
 from .config import stage_main
-from .geometry import backproject, icp, invert_T, kabsch, make_T, pixel_rays, project, transform_points
+from .geometry import (backproject, icp, invert_T, kabsch, make_T, pixel_rays, point_normals, project,
+                       transform_points)
 
 
 class MasksError(RuntimeError):
@@ -228,6 +230,7 @@ class RigidObjects:
         self.models: dict[int, np.ndarray] = {}
         self.log_colour: dict[int, np.ndarray] = {}  # colour_log_likelihood of each model
         self.hulls: dict[int, np.ndarray] = {}
+        self.surfels: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # model_surfels of each model, for drawing
         self.poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.previous: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -279,6 +282,21 @@ class RigidObjects:
                 rows, cols, inside, _ = pixels_in_view(posed, K[c], T_cw[c], silhouettes[c].shape)
                 keep[inside] &= silhouettes[c][rows, cols]
             self.models[k] = model[keep]
+
+    def make_surfels(self) -> None:
+        """Give every model point its disc for drawing (``model_surfels``, in the model's frame)."""
+        self.surfels = {k: model_surfels(m, self.cfg["surfel_neighbours"], self.cfg["surfel_radius_scale"])
+                        for k, m in self.models.items()}
+
+    def posed_surfels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(M,3) centres, (M,3) normals and (M,) radii of all models' discs (``make_surfels``) at the current
+        poses, and their (M,) ids."""
+        points, ids = self.posed()
+        normals = [self.surfels[k][0] @ R.T for k, (R, _) in self.poses.items()]
+        radii = [self.surfels[k][1] for k in self.poses]
+        if not normals:
+            return points, np.zeros((0, 3)), np.zeros(0), ids
+        return points, np.concatenate(normals), np.concatenate(radii), ids
 
     def add_hull(self, hull: np.ndarray, radius: float) -> None:
         """Give every object the (M,3) world points of a visual hull (``visual_hull``) whose nearest posed
@@ -446,13 +464,71 @@ def front_model_ids(points: np.ndarray, ids: np.ndarray, K: np.ndarray, T_cw: np
     return front.reshape(H, W)
 
 
-def front_ids(model: np.ndarray, model_ids: np.ndarray, hull: np.ndarray, hull_ids: np.ndarray, K: np.ndarray,
-              T_cw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H,W) the id of the posed model in front at each pixel of one camera (``front_model_ids`` of the
-    (N,3) model points with (N,) ids) and, where no model point shows, of the (M,3) hull points with (M,)
-    ids (``RigidObjects.add_hull``); 0 where neither shows. The hull only fills in: it is fatter than the
-    models, which are cut to the silhouettes point by point."""
-    front = front_model_ids(model, model_ids, K, T_cw, shape)
+def model_surfels(points: np.ndarray, neighbours: int, radius_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N,3) unit normals and (N,) radii (m) of the discs that stand for (N,3) model points when the model
+    is drawn (``front_surfel_ids``): the plane of each point's ``neighbours`` nearest points, and
+    ``radius_scale`` times the points' spacing there (the median over those neighbours of the distance to
+    their fourth nearest point), which closes the gaps between the points without reaching far past the
+    model's outline: a point on the outline has its nearest points on one side only, and its own fourth
+    would make its disc the largest. Fewer than five points get no discs (radius 0)."""
+    if len(points) < 5:
+        return np.zeros((len(points), 3)), np.zeros(len(points))
+    dist, near = cKDTree(points).query(points, max(5, min(neighbours, len(points))))
+    spacing = np.median(dist[:, 4][near], axis=1)
+    return point_normals(points, neighbours), radius_scale * spacing
+
+
+def front_surfel_ids(centres: np.ndarray, normals: np.ndarray, radii: np.ndarray, ids: np.ndarray, K: np.ndarray,
+                     T_cw: np.ndarray, shape: tuple[int, int], max_px: int = 3) -> np.ndarray:
+    """(H,W) the id of the nearest of the (N,3) world discs (``centres``, unit ``normals``, ``radii`` in m,
+    (N,) ``ids``) whose plane the ray through a pixel's centre meets within its radius, in one camera (0:
+    none). A disc is tried on the pixels within ``max_px`` of its centre's.
+
+    A model drawn as points gives each point's pixel whole: wherever a point falls within the pixel,
+    so the model in front spreads over the one behind by half a pixel on average. The ground truth (and
+    any renderer) takes what the pixel's centre sees; so do the discs, and a disc at the outline, which
+    faces across the ray, reaches little beyond it. With the true shapes and poses of bowling val_0000
+    (2,000 surface points an object, every third frame), 1.8 % of the object pixels drawn as points took
+    the wrong object, 0.6 % drawn as discs (``model_surfels`` with 40 neighbours and a scale of 0.7)."""
+    H, W = shape
+    cam = transform_points(T_cw, centres)
+    n = normals @ T_cw[:3, :3].T
+    ahead = cam[:, 2] > 1e-3
+    cam, n, radii, ids = cam[ahead], n[ahead], radii[ahead], ids[ahead]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    u0 = np.rint(fx * cam[:, 0] / cam[:, 2] + cx).astype(int)
+    v0 = np.rint(fy * cam[:, 1] / cam[:, 2] + cy).astype(int)
+    reach = int(min(max_px, np.ceil((radii * max(fx, fy) / cam[:, 2]).max()))) if len(cam) else 0
+    plane = np.einsum("ij,ij->i", n, cam)
+    flat, depth, hit_ids = [], [], []
+    for dv in range(-reach, reach + 1):
+        for du in range(-reach, reach + 1):
+            u, v = u0 + du, v0 + dv
+            ray = np.stack([(u - cx) / fx, (v - cy) / fy, np.ones(len(u))], axis=1)  # z = 1
+            facing = np.einsum("ij,ij->i", n, ray)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = plane / facing  # the depth at which the ray meets the disc's plane
+                hit = ((u >= 0) & (u < W) & (v >= 0) & (v < H) & (np.abs(facing) > 1e-6) & (z > 0)
+                       & (((ray * z[:, None] - cam) ** 2).sum(axis=1) <= radii ** 2))
+            flat.append(v[hit] * W + u[hit])
+            depth.append(z[hit])
+            hit_ids.append(ids[hit])
+    flat, depth, hit_ids = np.concatenate(flat), np.concatenate(depth), np.concatenate(hit_ids)
+    front = np.zeros(H * W, ids.dtype)
+    if len(flat):
+        order = np.lexsort((depth, flat))  # by pixel, nearest first
+        first = order[np.r_[True, flat[order][1:] != flat[order][:-1]]]
+        front[flat[first]] = hit_ids[first]
+    return front.reshape(H, W)
+
+
+def front_ids(objects: RigidObjects, K: np.ndarray, T_cw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H,W) the id of the posed model in front at each pixel of one camera (``front_surfel_ids`` of the
+    ``objects``' discs) and, where no model shows, of their first frame's hull points
+    (``RigidObjects.add_hull``, ``front_model_ids``); 0 where neither shows. The hull only fills in: it is
+    fatter than the models, which are cut to the silhouettes point by point."""
+    front = front_surfel_ids(*objects.posed_surfels(), K, T_cw, shape)
+    hull, hull_ids = objects.posed(shapes=objects.hulls)
     return np.where(front > 0, front, front_model_ids(hull, hull_ids, K, T_cw, shape))
 
 
@@ -719,12 +795,11 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
         if cfg["model_front"]:
             if t == 0:
                 objects.cut_to_silhouettes(views > 0, frames.K, frames.T_cw)
+                objects.make_surfels()
                 if cfg["model_hull"]:
                     objects.add_hull(first_frame_hull(views > 0, depths, frames, objects, cfg), cfg["label_radius_m"])
-            model, model_ids = objects.posed()
-            hull, hull_ids = objects.posed(shapes=objects.hulls)
             for c in range(C):
-                front = front_ids(model, model_ids, hull, hull_ids, frames.K[c], frames.T_cw[c], (H, W))
+                front = front_ids(objects, frames.K[c], frames.T_cw[c], (H, W))
                 views[c] = reassign_by_models(views[c], front, image_bins[c], objects.log_colour,
                                               cfg["relabel_margin"])
         ids[:, t] = views

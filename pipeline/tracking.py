@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from .artifact import ArtifactWriter, open_artifact, put
 from .config import stage_main
-from .geometry import icp, invert_T, make_T, rotation_angle_deg, transform_points
+from .geometry import icp, invert_T, make_T, point_normals, rotation_angle_deg, transform_points
 from .masks import world_points
 from .splat import quat_to_rotmat, render, resolve_backend
 
@@ -336,13 +336,9 @@ def _icp(model: cKDTree, target: np.ndarray, T: np.ndarray, radius: float, steps
     return invert_T(T_model_target), float(np.minimum(dist, radius).mean())
 
 
-def point_normals(points: np.ndarray, k: int = 12) -> np.ndarray:
-    """(N,3) unit normals (sign arbitrary) of (N,3) points: each point's k nearest neighbours' axis of least
-    spread. k = 12 spans a few millimetres of the masked depth, small against a cube's face (on cube_stacks
-    val_0000, 24 or 40 neighbours left the pre-alignment's rotation error larger)."""
-    _, j = cKDTree(points).query(points, min(k, len(points)))
-    nb = points[j] - points[j].mean(axis=1, keepdims=True)
-    return np.linalg.eigh(np.einsum("nki,nkj->nij", nb, nb))[1][:, :, 0]
+# Neighbours of a point's normal (``point_normals``): 12 span a few millimetres of the masked depth, small
+# against a cube's face (on cube_stacks val_0000, 24 or 40 left the pre-alignment's rotation error larger).
+NORMAL_NEIGHBOURS = 12
 
 
 def _plane_pairs(model: np.ndarray, normals: np.ndarray, target: np.ndarray, target_normals: np.ndarray,
@@ -531,7 +527,7 @@ class ObjectPoses:
 
     def __init__(self, first: dict[int, np.ndarray], cfg: dict):
         self.models = {k: v for k, v in first.items() if len(v) >= 20}
-        self.normals = {k: point_normals(v) for k, v in self.models.items()}
+        self.normals = {k: point_normals(v, NORMAL_NEIGHBOURS) for k, v in self.models.items()}
         self.trees = {k: cKDTree(v) for k, v in self.models.items()}
         self.poses = {k: np.eye(4) for k in self.models}
         self.velocity = {k: np.eye(4) for k in self.models}
@@ -561,7 +557,7 @@ class ObjectPoses:
                 shift[:3, 3] = target.mean(0) - transform_points(predicted, model).mean(0)
                 fits = [_icp(self.trees[k], target, start, self.cfg["prealign_radius_m"],
                              self.cfg["prealign_iterations"]) for start in (predicted, shift @ predicted)]
-                target_normals = point_normals(target)
+                target_normals = point_normals(target, NORMAL_NEIGHBOURS)
                 pose = _icp_plane(model, self.normals[k], target, target_normals, min(fits, key=lambda f: f[1])[0],
                                   self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"],
                                   self.cfg["prealign_normal_deg"])

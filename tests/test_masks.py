@@ -12,16 +12,16 @@ from scipy.spatial.transform import Rotation
 from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
-                            colour_relabel, connected_objects, front_ids, front_model_ids,
-                            first_frame_hull, object_colour_probability, reassign_by_models, split_by_colour,
-                            visual_hull, write_masks)
+                            colour_relabel, connected_objects, first_frame_hull, front_ids, front_model_ids,
+                            front_surfel_ids, model_surfels, object_colour_probability, reassign_by_models,
+                            split_by_colour, visual_hull, write_masks)
 from pipeline.quality.masks import mask_figures
 
 from .conftest import run_module
 
 CFG = {"voxel_m": 0.006, "min_points": 20, "track_radius_m": 0.015, "reattach_radius_m": 0.05,
        "icp_iterations": 8, "icp_radius_m": 0.03, "relocalise_radius_m": 0.1, "label_sigma_m": 0.01,
-       "camera_share": 0.1}
+       "camera_share": 0.1, "surfel_neighbours": 40, "surfel_radius_scale": 0.7}
 
 
 def _box(centre, rng, n=400, size=(0.04, 0.04, 0.08)):
@@ -149,6 +149,34 @@ def test_models_give_a_depth_smear_back_to_the_object_behind():
         assert (out[10:40, 33:45] == 2).all() and (out[:10] == 0).all()
 
 
+def test_models_drawn_as_discs_end_where_the_pixel_centres_leave_them():
+    """A near plane (1 m) whose right edge lies at u = 10.7 before a far one (1.5 m), both dense (0.1 px
+    apart): drawn as discs, the edge falls between the centres of pixels 10 and 11 as the ground truth's
+    rays have it; drawn as points, pixel 11 (whose left 0.2 px the near plane covers) goes to the near
+    plane. Discs facing across the ray (a surface seen edge-on at an outline) paint nothing."""
+    def plane(u_first, u_last, z, step=0.1):
+        u, v = np.meshgrid(np.arange(u_first, u_last + 1e-9, step), np.arange(9.5, 20.5 + 1e-9, step))
+        return np.stack([(u.ravel() - 32) / 100 * z, (v.ravel() - 24) / 100 * z, np.full(u.size, z)], 1)
+
+    near, far = plane(5.0, 10.7, 1.0), plane(0.0, 30.0, 1.5)
+    centres = np.concatenate([near, far])
+    ids = np.repeat([1, 2], [len(near), len(far)])
+    radii = np.repeat([0.1 * 1.0 / 100, 0.1 * 1.5 / 100], [len(near), len(far)])  # 0.1 px at each depth
+    facing = np.tile([0.0, 0.0, 1.0], (len(centres), 1))
+    discs = front_surfel_ids(centres, facing, radii, ids, PIN_K, np.eye(4), (48, 64))
+    points = front_model_ids(centres, ids, PIN_K, np.eye(4), (48, 64))
+    assert (discs[10:21, 5:11] == 1).all() and (discs[10:21, 11:31] == 2).all() and (discs[10:21, :5] == 2).all()
+    assert (discs[:10] == 0).all() and (discs[21:] == 0).all() and (discs[10:21, 31:] == 0).all()
+    assert (points[10:21, 11] == 1).all()  # the points' half pixel
+    edge_on = np.cross(near, [0.0, 1.0, 0.0])  # the near discs turned to face across their lines of sight
+    edge_on /= np.linalg.norm(edge_on, axis=1, keepdims=True)
+    assert not front_surfel_ids(near, edge_on, radii[:len(near)], ids[:len(near)], PIN_K, np.eye(4), (48, 64)).any()
+    # model_surfels: the plane's own normal, and the grid's spacing (1 cm) times the scale at its edges and
+    # corners too (their own fourth nearest points lie 1.4 and 2 cm away).
+    normals, r = model_surfels(_pin_plane(20, 29, 1.0), 40, 0.7)
+    assert np.allclose(np.abs(normals[:, 2]), 1.0) and np.allclose(r, 0.007)
+
+
 def test_models_are_cut_to_the_silhouettes_of_all_views():
     """A model fattened along camera 0's rays (a stereo edge smear: points beside the box at its depth)
     keeps its true points; the smear projects onto the table in camera 1, which looks from above, and is
@@ -228,8 +256,8 @@ def test_the_hull_fills_in_a_part_of_the_object_behind_that_no_model_point_holds
     assert np.allclose(model, np.concatenate([a, b_seen]))
     front = front_model_ids(model, model_ids, PIN_K, np.eye(4), (48, 64))
     assert (front[10:40, 30:35] == 0).all()
-    hull, hull_ids = objects.posed(shapes=objects.hulls)
-    front = front_ids(model, model_ids, hull, hull_ids, PIN_K, np.eye(4), (48, 64))
+    objects.make_surfels()
+    front = front_ids(objects, PIN_K, np.eye(4), (48, 64))
     assert (front[10:40, 20:30] == 1).all() and (front[10:40, 30:45] == 2).all() and (front[:10] == 0).all()
     # No point in the image (none at all, or all behind the camera): nothing shows.
     for points in (np.zeros((0, 3)), -a):

@@ -11,19 +11,23 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from pipeline.artifact import open_artifact
-from pipeline.geometry import make_T, rotation_angle_deg, transform_points
+from pipeline.geometry import make_T, point_normals, rotation_angle_deg, transform_points
 from pipeline.ids import vote
 from pipeline.inspect import inspect
 from pipeline.labels import robust_motion
 from pipeline.quality.ids import id_figures
 from pipeline.quality.labels import label_figures
 from pipeline.quality.tracking import tracking_figures
-from pipeline.tracking import (BALL_STIFFNESS, ObjectPoses, TrackingError, _icp, _icp_plane, background_images,
-                               box_axes, fit_sphere, lay_flat, mask_interior, ordered_sum, point_normals,
+from pipeline.tracking import (BALL_STIFFNESS, NORMAL_NEIGHBOURS, ObjectPoses, TrackingError, _icp, _icp_plane,
+                               background_images, box_axes, fit_sphere, lay_flat, mask_interior, ordered_sum,
                                turn_stiffness, write_tracking)
 
 from .conftest import run_module, torch_threads
 from .test_masks import _calibration_from
+
+
+def normals(points):
+    return point_normals(points, NORMAL_NEIGHBOURS)
 
 
 def test_vote_majority_ties_and_background():
@@ -156,7 +160,7 @@ def test_a_ball_is_told_from_a_box_and_its_sphere_fitted():
     has its centre, not the points' centroid (which lies toward the cameras)."""
     rng = np.random.default_rng(9)
     ball, box = _ball_cap(rng, 1500), _box_faces(rng, 1500)
-    assert turn_stiffness(ball, point_normals(ball))[-1] < BALL_STIFFNESS < turn_stiffness(box, point_normals(box))[0]
+    assert turn_stiffness(ball, normals(ball))[-1] < BALL_STIFFNESS < turn_stiffness(box, normals(box))[0]
     centre, radius = fit_sphere(ball)
     assert np.abs(centre - [0.0, 0.0, 0.032]).max() < 5e-4 and abs(radius - 0.032) < 5e-4
     assert ball.mean(0)[2] > 0.032 + 0.005
@@ -189,10 +193,10 @@ def test_a_box_on_the_table_is_laid_flat():
     the table (on another box) it is left as registered."""
     rng = np.random.default_rng(11)
     box = _box_faces(rng, 1500) + [0.0, 0.0, 0.0225]  # on the table
-    axes = box_axes(point_normals(box))
+    axes = box_axes(normals(box))
     assert axes is not None and np.sort(np.abs(axes).max(1)).min() > np.cos(np.radians(3))
     ball = _ball_cap(rng, 1500)
-    assert box_axes(point_normals(ball)) is None
+    assert box_axes(normals(ball)) is None
     yaw = Rotation.from_euler("z", 10, degrees=True).as_matrix()
     exact = np.eye(3)[np.abs(axes).argmax(1)]  # the true face axes, in the estimate's order
     for tilt_deg, lift, flattened in ((2.0, 0.0, True), (8.0, 0.0, False), (2.0, 0.05, False)):
@@ -218,7 +222,7 @@ def test_point_to_plane_holds_a_noisy_box_rotation():
                    .as_matrix(), [0.004, -0.002, 0.001])
     target = _box_faces(rng, 1500) @ truth[:3, :3].T + truth[:3, 3]
     coarse, _ = _icp(cKDTree(model), target, np.eye(4), 0.03, 8)
-    fine = _icp_plane(model, point_normals(model), target, point_normals(target), coarse, 0.01, 8, 45.0)
+    fine = _icp_plane(model, normals(model), target, normals(target), coarse, 0.01, 8, 45.0)
     err_coarse = rotation_angle_deg(coarse[:3, :3], truth[:3, :3])
     err_fine = rotation_angle_deg(fine[:3, :3], truth[:3, :3])
     assert err_fine < 0.7 and err_fine < err_coarse / 2, (err_coarse, err_fine)
@@ -235,7 +239,7 @@ def test_point_to_plane_leaves_out_a_face_the_model_lacks():
     seen[np.abs(seen[:, 1] - 0.0225) < 0.003, 1] = -0.0225  # the +y face's points, on -y instead
     truth = make_T(Rotation.from_euler("z", 10, degrees=True).as_matrix(), [0.002, 0.001, 0.0])
     target = seen @ truth[:3, :3].T + truth[:3, 3]
-    err = {deg: rotation_angle_deg(_icp_plane(model, point_normals(model), target, point_normals(target), truth @
+    err = {deg: rotation_angle_deg(_icp_plane(model, normals(model), target, normals(target), truth @
                                               make_T(np.eye(3), [0.002, -0.002, 0.0]), 0.01, 8, deg)[:3, :3],
                                    truth[:3, :3]) for deg in (45.0, 90.0)}
     assert err[45.0] < 0.5 and err[90.0] > 2 * err[45.0], err
