@@ -132,6 +132,24 @@ def test_object_poses_take_a_slide_without_the_registrations_turn_jitter():
         assert rotation_angle_deg(shift.poses[1][:3, :3], truth[:3, :3]) < 0.7, t
 
 
+def test_object_poses_keep_the_start_whose_refined_pose_fits_best():
+    """Of two starts for the point-to-plane refinement, one 3 mm from the true pose and one turned 45 degrees
+    and shifted 15 mm from it (refined alone, it stays 14 mm off), the refined pose that explains the
+    points best is kept, in either order."""
+    rng = np.random.default_rng(5)
+    model = _box_faces(rng, 1500)
+    truth = make_T(Rotation.from_rotvec([0.02, -0.03, 0.05]).as_matrix(), [0.01, -0.004, 0.002])
+    target = _box_faces(rng, 1500) @ truth[:3, :3].T + truth[:3, 3]
+    poses = ObjectPoses({1: model}, PREALIGN)
+    good = make_T(np.eye(3), [0.003, 0.0, 0.0]) @ truth
+    bad = make_T(Rotation.from_rotvec([np.radians(45), 0.0, 0.0]).as_matrix(), [0.015, 0.0, 0.0]) @ truth
+    alone = _icp_plane(model, poses.normals[1], target, normals(target), bad, 0.01, 10, 45.0)
+    assert np.linalg.norm(alone[:3, 3] - truth[:3, 3]) > 0.01  # the premise: that start leads astray
+    for starts in ([bad, good], [good, bad]):
+        pose = poses._best_refined(1, target, normals(target), starts)
+        assert np.linalg.norm(pose[:3, 3] - truth[:3, 3]) < 5e-4 and rotation_angle_deg(pose[:3, :3], truth[:3, :3]) < 0.5
+
+
 def test_object_poses_keep_the_velocity_where_the_points_cannot_tell():
     """A box sliding 3 mm a frame along x, then seen only from above: its top face cannot tell whether it
     still slides, so it keeps its velocity rather than being stopped. The full pose is taken as the box
