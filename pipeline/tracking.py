@@ -574,18 +574,20 @@ class ObjectPoses:
     def _best_refined(self, k: int, target: np.ndarray, target_normals: np.ndarray, starts: list) -> np.ndarray:
         """Object ``k``'s pose refined point to plane (``_icp_plane``) from each of ``starts``, the one whose
         refined pose explains the frame's points best (``_plane_cost`` at a quarter of the refinement's radius,
-        in units of the first one's residual spread). The point-to-point fits that give the starts fit a
-        turned object's points about as well from poses 10-20 mm apart, where its first-frame model no
-        longer matches what it shows (bowling train_0001, a pin rolling out of two views)."""
+        in units of the residual spread of the one that pairs most points; the first where none pairs 10).
+        The point-to-point fits that give the starts fit a turned object's points about as well from poses
+        10-20 mm apart, where its first-frame model no longer matches what it shows (bowling train_0001, a
+        pin rolling out of two views)."""
         refined = [_icp_plane(self.models[k], self.normals[k], target, target_normals, T,
                               self.cfg["prealign_plane_radius_m"], self.cfg["prealign_iterations"],
                               self.cfg["prealign_normal_deg"]) for T in starts]
         radius = self.cfg["prealign_plane_radius_m"] / 4
         pairs = [_plane_pairs(self.models[k], self.normals[k], target, target_normals, T, radius,
                               self.cfg["prealign_normal_deg"])[:2] for T in refined]
-        spread = _robust_spread(pairs[0][1]) if pairs[0][0].sum() >= 10 else 0.0
-        if spread == 0.0:
+        most = max(pairs, key=lambda p: int(p[0].sum()))
+        if most[0].sum() < 10:
             return refined[0]
+        spread = _robust_spread(most[1])
         return refined[int(np.argmin([_plane_cost(*p, radius, spread) for p in pairs]))]
 
     def _settle(self, k: int, target: np.ndarray, target_normals: np.ndarray, refined: np.ndarray,
