@@ -326,14 +326,11 @@ def _prune_and_densify(g: Gaussians, grad: torch.Tensor, fc: dict) -> None:
 
 # -- later frames ---------------------------------------------------------------------------------------
 
-def _icp(model: cKDTree, target: np.ndarray, T: np.ndarray, radius: float, steps: int):
+def _icp(model: cKDTree, target: np.ndarray, T: np.ndarray, radius: float, steps: int) -> np.ndarray:
     """Refine the (4,4) pose ``T`` of the ``model`` points (a tree) onto (P,3) ``target`` points: each target
     point pairs with the nearest posed model point within a radius shrinking from ``radius`` to a quarter
-    (the target, a partial view, pairs into the whole model; solved as the target's pose in the model frame).
-    Returns the pose and the mean target-to-model distance (capped at ``radius``)."""
-    T_model_target = icp(target, model, invert_T(T), np.geomspace(radius, radius / 4, steps))
-    dist, _ = model.query(transform_points(T_model_target, target))
-    return invert_T(T_model_target), float(np.minimum(dist, radius).mean())
+    (the target, a partial view, pairs into the whole model; solved as the target's pose in the model frame)."""
+    return invert_T(icp(target, model, invert_T(T), np.geomspace(radius, radius / 4, steps)))
 
 
 # Neighbours of a point's normal (``point_normals``): 12 span a few millimetres of the masked depth, small
@@ -560,7 +557,7 @@ class ObjectPoses:
                 fits = [_icp(self.trees[k], target, start, self.cfg["prealign_radius_m"],
                              self.cfg["prealign_iterations"]) for start in (predicted, shift @ predicted)]
                 target_normals = point_normals(target, NORMAL_NEIGHBOURS)
-                pose = self._best_refined(k, target, target_normals, [T for T, _ in fits])
+                pose = self._best_refined(k, target, target_normals, fits)
                 pose = self._settle(k, target, target_normals, pose, predicted)
                 if k in self.balls and not np.array_equal(pose, self.poses[k]):
                     pose = roll(pose, self.poses[k], predicted, *self.balls[k], self.cfg["prealign_roll_gap_m"])

@@ -239,7 +239,7 @@ def test_point_to_plane_holds_a_noisy_box_rotation():
     truth = make_T(Rotation.from_rotvec(np.radians(5) * np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8]))
                    .as_matrix(), [0.004, -0.002, 0.001])
     target = _box_faces(rng, 1500) @ truth[:3, :3].T + truth[:3, 3]
-    coarse, _ = _icp(cKDTree(model), target, np.eye(4), 0.03, 8)
+    coarse = _icp(cKDTree(model), target, np.eye(4), 0.03, 8)
     fine = _icp_plane(model, normals(model), target, normals(target), coarse, 0.01, 8, 45.0)
     err_coarse = rotation_angle_deg(coarse[:3, :3], truth[:3, :3])
     err_fine = rotation_angle_deg(fine[:3, :3], truth[:3, :3])
