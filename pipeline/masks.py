@@ -522,13 +522,13 @@ def front_surfel_ids(centres: np.ndarray, normals: np.ndarray, radii: np.ndarray
     return front.reshape(H, W)
 
 
-def front_ids(objects: RigidObjects, K: np.ndarray, T_cw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def front_ids(discs: tuple, hull: np.ndarray, hull_ids: np.ndarray, K: np.ndarray, T_cw: np.ndarray,
+              shape: tuple[int, int]) -> np.ndarray:
     """(H,W) the id of the posed model in front at each pixel of one camera (``front_surfel_ids`` of the
-    ``objects``' discs) and, where no model shows, of their first frame's hull points
-    (``RigidObjects.add_hull``, ``front_model_ids``); 0 where neither shows. The hull only fills in: it is
-    fatter than the models, which are cut to the silhouettes point by point."""
-    front = front_surfel_ids(*objects.posed_surfels(), K, T_cw, shape)
-    hull, hull_ids = objects.posed(shapes=objects.hulls)
+    models' ``discs`` from ``RigidObjects.posed_surfels``) and, where no model shows, of the (M,3) hull
+    points with (M,) ids (``RigidObjects.add_hull``, ``front_model_ids``); 0 where neither shows. The hull
+    only fills in: it is fatter than the models, which are cut to the silhouettes point by point."""
+    front = front_surfel_ids(*discs, K, T_cw, shape)
     return np.where(front > 0, front, front_model_ids(hull, hull_ids, K, T_cw, shape))
 
 
@@ -798,8 +798,10 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
                 objects.make_surfels()
                 if cfg["model_hull"]:
                     objects.add_hull(first_frame_hull(views > 0, depths, frames, objects, cfg), cfg["label_radius_m"])
+            discs = objects.posed_surfels()
+            hull, hull_ids = objects.posed(shapes=objects.hulls)
             for c in range(C):
-                front = front_ids(objects, frames.K[c], frames.T_cw[c], (H, W))
+                front = front_ids(discs, hull, hull_ids, frames.K[c], frames.T_cw[c], (H, W))
                 views[c] = reassign_by_models(views[c], front, image_bins[c], objects.log_colour,
                                               cfg["relabel_margin"])
         ids[:, t] = views

@@ -257,7 +257,8 @@ def test_the_hull_fills_in_a_part_of_the_object_behind_that_no_model_point_holds
     front = front_model_ids(model, model_ids, PIN_K, np.eye(4), (48, 64))
     assert (front[10:40, 30:35] == 0).all()
     objects.make_surfels()
-    front = front_ids(objects, PIN_K, np.eye(4), (48, 64))
+    hull, hull_ids = objects.posed(shapes=objects.hulls)
+    front = front_ids(objects.posed_surfels(), hull, hull_ids, PIN_K, np.eye(4), (48, 64))
     assert (front[10:40, 20:30] == 1).all() and (front[10:40, 30:45] == 2).all() and (front[:10] == 0).all()
     # No point in the image (none at all, or all behind the camera): nothing shows.
     for points in (np.zeros((0, 3)), -a):
