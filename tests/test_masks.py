@@ -13,7 +13,7 @@ from pipeline.artifact import ArtifactWriter, open_artifact, put
 from pipeline.geometry import intrinsics_from_hfov, look_at_T_cw, project
 from pipeline.masks import (MasksError, RigidObjects, TableParallax, chromaticity_bins, colour_log_likelihood,
                             colour_relabel, connected_objects, first_frame_hull, front_ids, front_model_ids,
-                            front_surfel_ids, model_surfels, object_colour_probability, reassign_by_models,
+                            front_surfel_ids, guided_relabel, model_surfels, object_colour_probability, reassign_by_models,
                             split_by_colour, visual_hull, write_masks)
 from pipeline.quality.masks import mask_figures
 
@@ -129,6 +129,28 @@ def test_colour_relabel_returns_a_smeared_seam_to_the_object_of_its_colour():
         out = colour_relabel(ids, bins, models, radius_px=3, margin=1.0)
         assert (out == ids).all() if grey else (out[:, 14:17] == 1).all() and (out[:, 17:20] == 2).all(), colours
         assert (out[:, :14] == 1).all() and (out[:, 20:] == 2).all()
+
+
+def test_guided_relabel_moves_a_boundary_onto_the_image_edge_and_nothing_else():
+    """Two white objects, one in shade: the ids put their boundary a pixel into the lit one and hold one
+    stray pixel. The guided filter moves the boundary onto the image's edge and the stray pixel back,
+    keeps the background where it was, and where the image shows no edge leaves the boundary alone."""
+    rng = np.random.default_rng(4)
+    colour = np.full((24, 40, 3), 150.0)
+    colour[:, 20:] = 225  # object 2, lit
+    colour[:4] = [180, 140, 100]  # the table above both
+    colour = np.clip(colour + rng.normal(0, 1.5, colour.shape), 0, 255).astype(np.uint8)
+    true = np.zeros((24, 40), np.uint16)
+    true[4:, :20], true[4:, 20:] = 1, 2
+    ids = true.copy()
+    ids[4:, 20] = 1  # the shaded object spreads a pixel over the lit one
+    ids[12, 30] = 1
+    out = guided_relabel(ids, colour, radius_px=2, eps=0.01)
+    assert (out == true).all()
+    flat = np.full_like(colour, 200)
+    flat[:4] = colour[:4]
+    assert (guided_relabel(ids, flat, radius_px=2, eps=0.01)[4:, 19:22] == ids[4:, 19:22]).all()
+    assert (guided_relabel(ids, colour, radius_px=0, eps=0.01) == ids).all()
 
 
 def test_models_give_a_depth_smear_back_to_the_object_behind():
