@@ -21,7 +21,7 @@ from .conftest import run_module
 
 CFG = {"voxel_m": 0.006, "min_points": 20, "track_radius_m": 0.015, "reattach_radius_m": 0.05,
        "icp_iterations": 8, "icp_radius_m": 0.03, "relocalise_radius_m": 0.1, "label_sigma_m": 0.01,
-       "camera_share": 0.1, "surfel_neighbours": 40, "surfel_radius_scale": 0.7}
+       "camera_share": 0.1, "surfel_neighbours": 40, "surfel_radius_scale": 0.7, "surfel_smooth_neighbours": 12}
 
 
 def _box(centre, rng, n=400, size=(0.04, 0.04, 0.08)):
@@ -195,8 +195,35 @@ def test_models_drawn_as_discs_end_where_the_pixel_centres_leave_them():
     assert not front_surfel_ids(near, edge_on, radii[:len(near)], ids[:len(near)], PIN_K, np.eye(4), (48, 64)).any()
     # model_surfels: the plane's own normal, and the grid's spacing (1 cm) times the scale at its edges and
     # corners too (their own fourth nearest points lie 1.4 and 2 cm away).
-    normals, r = model_surfels(_pin_plane(20, 29, 1.0), 40, 0.7)
-    assert np.allclose(np.abs(normals[:, 2]), 1.0) and np.allclose(r, 0.007)
+    plane = _pin_plane(20, 29, 1.0)
+    centres, normals, r = model_surfels(plane, 40, 0.7, 12)
+    assert np.allclose(np.abs(normals[:, 2]), 1.0) and np.allclose(r, 0.007) and np.allclose(centres, plane)
+
+
+def test_model_discs_are_centred_on_the_surface_their_noisy_points_scatter_around():
+    """A 2 cm ball's model points scattered 1 mm across its surface (the depth's noise): the discs'
+    centres scatter half as far about the surface, at its radius, and each stays where its point was
+    along the surface. Not smoothed (0 neighbours), they are the points."""
+    rng = np.random.default_rng(5)
+    directions = rng.normal(size=(3000, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    points = directions * (0.02 + rng.normal(0, 0.001, (3000, 1)))
+    centres, normals, _ = model_surfels(points, 40, 0.7, 12)
+    radius = np.linalg.norm(centres, axis=1)
+    assert np.std(radius - 0.02) < 0.0005 and abs(np.mean(radius) - 0.02) < 0.0003
+    along = points - centres
+    assert np.allclose(np.abs(np.einsum("ij,ij->i", along, normals)), np.linalg.norm(along, axis=1))
+    assert np.allclose(model_surfels(points, 40, 0.7, 0)[0], points)
+
+
+def test_objects_found_after_the_first_frame_are_drawn_too():
+    """An object that appears later (``label`` adds it) gets its discs when the models are next drawn."""
+    objects = RigidObjects(CFG)
+    objects.add(_pin_plane(20, 29, 1.0), np.zeros(300, int), np.ones(300, int))
+    objects.make_surfels()
+    objects.add(_pin_plane(40, 49, 1.2), np.zeros(300, int), np.full(300, 2))
+    centres, normals, radii, ids = objects.posed_surfels()
+    assert len(centres) == len(normals) == len(radii) == 600 and set(ids) == {1, 2} and (radii > 0).all()
 
 
 def test_models_are_cut_to_the_silhouettes_of_all_views():
