@@ -232,7 +232,7 @@ class RigidObjects:
         self.models: dict[int, np.ndarray] = {}
         self.log_colour: dict[int, np.ndarray] = {}  # colour_log_likelihood of each model
         self.hulls: dict[int, np.ndarray] = {}
-        self.surfels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # model_surfels of each model
+        self.surfels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # model_surfels: from the models
         self.poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.previous: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -284,19 +284,20 @@ class RigidObjects:
                 rows, cols, inside, _ = pixels_in_view(posed, K[c], T_cw[c], silhouettes[c].shape)
                 keep[inside] &= silhouettes[c][rows, cols]
             self.models[k] = model[keep]
+        self.surfels = {}  # drawn from the models as they were
 
     def make_surfels(self) -> None:
-        """Give every model point its disc for drawing (``model_surfels``, in the model's frame), once the
-        models are cut to the first frame's silhouettes."""
-        self.surfels = {k: model_surfels(m, self.cfg["surfel_neighbours"], self.cfg["surfel_radius_scale"],
-                                         self.cfg["surfel_smooth_neighbours"]) for k, m in self.models.items()}
+        """Give every model point that has none its disc for drawing (``model_surfels``, in the model's
+        frame): all of them once the models are cut (``cut_to_silhouettes``), later an object found after the
+        first frame."""
+        for k in self.models.keys() - self.surfels.keys():
+            self.surfels[k] = model_surfels(self.models[k], self.cfg["surfel_neighbours"],
+                                            self.cfg["surfel_radius_scale"], self.cfg["surfel_smooth_neighbours"])
 
     def posed_surfels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(M,3) centres, (M,3) normals and (M,) radii of all models' discs (``make_surfels``) at the current
-        poses, and their (M,) ids. An object found after the first frame gets its discs here."""
-        for k in self.poses.keys() - self.surfels.keys():
-            self.surfels[k] = model_surfels(self.models[k], self.cfg["surfel_neighbours"],
-                                            self.cfg["surfel_radius_scale"], self.cfg["surfel_smooth_neighbours"])
+        poses, and their (M,) ids."""
+        self.make_surfels()
         points, ids = self.posed(shapes={k: surfels[0] for k, surfels in self.surfels.items()})
         normals = [self.surfels[k][1] @ R.T for k, (R, _) in self.poses.items()]
         radii = [self.surfels[k][2] for k in self.poses]
@@ -697,9 +698,8 @@ def guided_relabel(ids: np.ndarray, colour: np.ndarray, radius_px: int, eps: flo
     present = np.array([k for k in np.unique(ids) if k > 0], ids.dtype)
     if len(present) < 2 or radius_px == 0:
         return ids
-    guide = colour.astype(np.float32) / 255
-    smoothed = np.stack([cv2.ximgproc.guidedFilter(guide, (ids == k).astype(np.float32), radius_px, eps)
-                         for k in present])
+    guided = cv2.ximgproc.createGuidedFilter(colour.astype(np.float32) / 255, radius_px, eps)  # the guide's
+    smoothed = np.stack([guided.filter((ids == k).astype(np.float32)) for k in present])  # statistics, once
     return np.where(ids > 0, present[smoothed.argmax(axis=0)], 0).astype(ids.dtype)
 
 
@@ -829,7 +829,6 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
         if cfg["model_front"]:
             if t == 0:
                 objects.cut_to_silhouettes(views > 0, frames.K, frames.T_cw)
-                objects.make_surfels()
                 if cfg["model_hull"]:
                     objects.add_hull(first_frame_hull(views > 0, depths, frames, objects, cfg), cfg["label_radius_m"])
             discs = objects.posed_surfels()
@@ -838,9 +837,8 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
                 front = front_ids(discs, hull, hull_ids, frames.K[c], frames.T_cw[c], (H, W))
                 views[c] = reassign_by_models(views[c], front, image_bins[c], objects.log_colour,
                                               cfg["relabel_margin"])
-        if cfg["guided_radius_px"]:
-            views = np.stack([guided_relabel(views[c], frame_colour[c], cfg["guided_radius_px"], cfg["guided_eps"])
-                              for c in range(C)])
+        views = np.stack([guided_relabel(views[c], frame_colour[c], cfg["guided_radius_px"], cfg["guided_eps"])
+                          for c in range(C)])
         ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
     return counts, len(objects.models)
