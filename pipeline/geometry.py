@@ -46,6 +46,31 @@ def kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return R, cd - R @ cs
 
 
+def point_to_plane(src: np.ndarray, normals: np.ndarray, dst: np.ndarray,
+                   point_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation R and translation t that move (N,3) points ``src`` with (N,3) unit ``normals`` so that each
+    lies on the plane through its paired (N,3) ``dst`` point: one Gauss-Newton step of sum(((R src + t -
+    dst) . R n)^2), linearised in a small rotation about the points' centroid. Unlike the point-to-point
+    fit (``kabsch``), a pair's offset along the surface costs nothing: where the targets cover a part of the
+    surface the source lacks (or the other way round), they pair with the source's edge without dragging it
+    sideways. ``point_weight`` > 0 adds the point-to-point residuals at that weight, which holds the
+    directions the planes leave free (a cylinder's spin and slide) and damps the step."""
+    centre = src.mean(axis=0)
+    a = src - centre
+    A = np.hstack([np.cross(a, normals), normals])
+    b = np.einsum("ij,ij->i", dst - src, normals)
+    if point_weight:
+        skew = np.zeros((len(a), 3, 3))  # [a]x, so that w x a + u = -[a]x w + u
+        skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -a[:, 2], a[:, 1], -a[:, 0]
+        skew -= skew.transpose(0, 2, 1)
+        P = np.concatenate([-skew, np.broadcast_to(np.eye(3), skew.shape)], axis=2).reshape(-1, 6)
+        A = np.vstack([A, point_weight * P])
+        b = np.concatenate([b, point_weight * (dst - src).ravel()])
+    x = np.linalg.lstsq(A, b, rcond=1e-6)[0]
+    R = Rotation.from_rotvec(x[:3]).as_matrix()
+    return R, centre + x[3:] - R @ centre
+
+
 def icp(points: np.ndarray, target, T: np.ndarray, radii) -> np.ndarray:
     """Point-to-point ICP: refine the (4,4) pose ``T`` of (N,3) ``points`` onto the points of ``target`` (a
     scipy ``cKDTree``, built once by the caller). Step i pairs each posed point with its nearest target point
