@@ -60,15 +60,21 @@ def point_to_plane(src: np.ndarray, normals: np.ndarray, dst: np.ndarray,
     A = np.hstack([np.cross(a, normals), normals])
     b = np.einsum("ij,ij->i", dst - src, normals)
     if point_weight:
-        skew = np.zeros((len(a), 3, 3))  # [a]x, so that w x a + u = -[a]x w + u
-        skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -a[:, 2], a[:, 1], -a[:, 0]
-        skew -= skew.transpose(0, 2, 1)
-        P = np.concatenate([-skew, np.broadcast_to(np.eye(3), skew.shape)], axis=2).reshape(-1, 6)
+        turn = np.cross(np.eye(3)[None], a[:, None]).transpose(0, 2, 1)  # d(w x a)/dw: column j is e_j x a
+        P = np.concatenate([turn, np.broadcast_to(np.eye(3), turn.shape)], axis=2).reshape(-1, 6)
         A = np.vstack([A, point_weight * P])
         b = np.concatenate([b, point_weight * (dst - src).ravel()])
     x = np.linalg.lstsq(A, b, rcond=1e-6)[0]
     R = Rotation.from_rotvec(x[:3]).as_matrix()
     return R, centre + x[3:] - R @ centre
+
+
+def perpendicular_basis(axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two (3,) unit vectors u, v that make (u, v, axis) a right-handed orthonormal basis with the (3,) unit
+    ``axis`` (u across the world axis x, or y where the axis lies near x)."""
+    u = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    return u, np.cross(axis, u)
 
 
 def icp(points: np.ndarray, target, T: np.ndarray, radii) -> np.ndarray:

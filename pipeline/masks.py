@@ -4,31 +4,31 @@
         --depth results/bowling/depth/train_0000.zarr --calibration results/bowling/calibration.zarr \\
         --config config.yaml --scene bowling --out results/bowling/masks/train_0000.zarr
 
-Offline backend (``fused``, the default; no downloaded weights): every camera's registered depth is
-lifted into the calibrated world frame and what stands above the table inside the workspace is fused
-into one point cloud per frame; points that other cameras see through (free space) are carved away.
-At the first frame the cloud is split into objects by 3D connectivity (voxels sharing a face, edge or
-corner) and colour, and a part that two cameras do not both see is dropped (a stereo mismatch); each
-object keeps these points as a rigid model (``RigidObjects``) whose pose is tracked
-through the later frames by ICP against the fused cloud from a constant-velocity prediction (point-to-point
-steps, then point-to-plane ones that let a partial model slide along the surface). Each pixel takes the id of the object that best explains its own 3D point and its colour (``assign``), so
-occlusion is decided by the view's depth and one object has one id in every view. The masks are then
-cut to the image-space foreground (``TableParallax``: pixels whose colour disagrees with the table point
-behind them as the other views see it, with a per-frame colour model of object against table where
-that cannot decide, is fooled, or says table where the pixel's own depth stands above it), which
-follows silhouettes at the colour image's resolution. Last, a pixel near another object's pixels takes
-that object's id where its colour model explains the pixel's colour better (``colour_relabel``): where one
-object stands in front of another, the depth smears the near one's id over the far one's edge. Objects of
-one colour (pins) are told apart there by their posed models instead (``reassign_by_models``): a pixel
-where a model shows in front of the others takes its id, if its colour fits. For this the models are cut
-to the first frame's silhouettes in all views (``RigidObjects.cut_to_silhouettes``), since the depth
-fattens them too, completed where they lie on a surface of revolution (``complete_by_revolution``: a
-pin's side that the first frame hid shows later), and drawn as small discs that a pixel's centre must see
-(``front_surfel_ids``), not as points that claim every pixel they fall in; where no model shows, each object's share of the first
-frame's visual hull decides (``first_frame_hull``, ``RigidObjects.add_hull``): a far object's part that
-one view alone sees and its depth misses. Finally the boundaries between objects are snapped to the
-image (``guided_relabel``): each object pixel takes the object whose indicator image, smoothed by a guided
-filter with the colour image as its guide, is largest there.
+Offline backend (``fused``, the default; no downloaded weights): every camera's registered depth is lifted
+into the calibrated world frame and what stands above the table inside the workspace is fused into one point
+cloud per frame; points that other cameras see through (free space) are carved away. At the first frame the
+cloud is split into objects by 3D connectivity (voxels sharing a face, edge or corner) and colour, and a part
+that two cameras do not both see is dropped (a stereo mismatch); each object keeps these points as a rigid
+model (``RigidObjects``) whose pose is tracked through the later frames by ICP against the fused cloud from a
+constant-velocity prediction (point-to-point steps, then point-to-plane ones that let a partial model slide
+along the surface). Each pixel takes the id of the object that best explains its own 3D point and its colour
+(``assign``), so occlusion is decided by the view's depth and one object has one id in every view. The masks
+are then cut to the image-space foreground (``TableParallax``: pixels whose colour disagrees with the table
+point behind them as the other views see it, with a per-frame colour model of object against table where that
+cannot decide, is fooled, or says table where the pixel's own depth stands above it), which follows
+silhouettes at the colour image's resolution. Last, a pixel near another object's pixels takes that object's
+id where its colour model explains the pixel's colour better (``colour_relabel``): where one object stands in
+front of another, the depth smears the near one's id over the far one's edge. Objects of one colour (pins) are
+told apart there by their posed models instead (``reassign_by_models``): a pixel where a model shows in front
+of the others takes its id, if its colour fits. For this the models are cut to the first frame's silhouettes
+in all views (``RigidObjects.cut_to_silhouettes``), since the depth fattens them too, completed where they lie
+on a surface of revolution (``complete_by_revolution``: a pin's side that the first frame hid shows later),
+and drawn as small discs that a pixel's centre must see (``front_surfel_ids``), not as points that claim every
+pixel they fall in; where no model shows, each object's share of the first frame's visual hull decides
+(``first_frame_hull``, ``RigidObjects.add_hull``): a far object's part that one view alone sees and its depth
+misses. Finally the boundaries between objects are snapped to the image (``guided_relabel``): each object
+pixel takes the object whose indicator image, smoothed by a guided filter with the colour image as its guide,
+is largest there.
 
 Ids are 1..N (0 = background or no depth). Objects touching at the first frame (a stack of cubes) are
 one 3D component; it is cut by planes across which its colours do not overlap (``split_by_colour``), so
@@ -49,8 +49,8 @@ from tqdm import tqdm
 
 from .artifact import ArtifactWriter, frame_array, open_artifact, put
 from .config import stage_main
-from .geometry import (backproject, icp, invert_T, kabsch, make_T, pixel_rays, point_normals, point_to_plane,
-                       project, transform_points)
+from .geometry import (backproject, icp, invert_T, kabsch, make_T, perpendicular_basis, pixel_rays, point_normals,
+                       point_to_plane, project, transform_points)
 
 
 class MasksError(RuntimeError):
@@ -108,8 +108,9 @@ def in_silhouettes(points: np.ndarray, silhouettes: np.ndarray, K: np.ndarray, T
     fall in (K (C,3,3), T_cw (C,4,4)): those outside lie outside the visual hull."""
     keep = np.ones(len(points), bool)
     for c in range(len(K)):
-        rows, cols, inside, _ = pixels_in_view(points, K[c], T_cw[c], silhouettes[c].shape)
-        keep[inside] &= silhouettes[c][rows, cols]
+        left = np.flatnonzero(keep)  # each view projects only what the views before it kept
+        rows, cols, inside, _ = pixels_in_view(points[left], K[c], T_cw[c], silhouettes[c].shape)
+        keep[left[inside]] = silhouettes[c][rows, cols]
     return keep
 
 
@@ -119,11 +120,7 @@ def visual_hull(centres: np.ndarray, silhouettes: np.ndarray, depths: np.ndarray
     image they fall in (K (C,3,3), T_cw (C,4,4)) and that no view sees through (``carve`` with the (C,H,W)
     depths, metres, 0 = none): the objects' visual hull less the free space between them that the depth
     shows and the silhouettes cannot."""
-    for c in range(len(K)):
-        rows, cols, inside, _ = pixels_in_view(centres, K[c], T_cw[c], silhouettes[c].shape)
-        keep = np.ones(len(centres), bool)
-        keep[inside] = silhouettes[c][rows, cols]
-        centres = centres[keep]
+    centres = centres[in_silhouettes(centres, silhouettes, K, T_cw)]
     return centres[carve(centres, -1, depths, K, T_cw, margin, 1)]
 
 
@@ -240,9 +237,7 @@ def revolution_axis(points: np.ndarray, normals: np.ndarray, bin_m: float) -> tu
     Mbb_inv = np.linalg.pinv(Mbb)  # singular where all normals are parallel (a flat patch)
     a = np.linalg.eigh(Maa - Mab @ Mbb_inv @ Mab.T)[1][:, 0]  # abar eliminated, |a| = 1
     c = np.cross(a, -Mbb_inv @ Mab.T @ a)  # the axis' point nearest the origin
-    u = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
-    u /= np.linalg.norm(u)
-    v = np.cross(a, u)
+    u, v = perpendicular_basis(a)
 
     def axis(x):
         direction = a + x[0] * u + x[1] * v
@@ -286,9 +281,7 @@ def revolved_points(points: np.ndarray, normals: np.ndarray, bin_m: float, tol_m
         return np.zeros((0, 3)), share
     tree = cKDTree(points)
     spacing = np.median(tree.query(points, 5)[0][:, 4])
-    u = np.cross(axis, [1.0, 0, 0] if abs(axis[0]) < 0.9 else [0, 1.0, 0])
-    u /= np.linalg.norm(u)
-    v = np.cross(axis, u)
+    u, v = perpendicular_basis(axis)
     rings = []
     for height, radius in zip((heights[count >= 3] + 0.5) * bin_m, profile[count >= 3]):
         angle = np.linspace(0, 2 * np.pi, max(6, int(2 * np.pi * radius / spacing)), endpoint=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .geometry import pixel_rays, transform_points, invert_T
+from .geometry import invert_T, perpendicular_basis, pixel_rays, transform_points
 from .shapes import Shape
 
 FLOOR_Z = -0.75  # floor under the table, seen past the table's edges
@@ -163,9 +163,7 @@ class Bundle:
     @classmethod
     def parallel(cls, o: np.ndarray, direction: np.ndarray) -> "Bundle":
         z = direction / np.linalg.norm(direction)
-        x = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
-        x /= np.linalg.norm(x)
-        R = np.stack([x, np.cross(z, x), z])
+        R = np.stack([*perpendicular_basis(z), z])
         return cls((o @ R[:2].T).astype(np.float32), R)
 
     @classmethod
