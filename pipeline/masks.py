@@ -297,8 +297,9 @@ class RigidObjects:
     chromaticity histogram) and a pose (R, t) that carries them to the current frame; and its share of the
     first frame's visual hull (``hulls``, in the model's frame), which fills in what no model point shows.
     Tracking a frame: predict every pose at constant velocity, then refine all poses jointly by ICP against
-    the frame's fused points (each point pairs with the object that ``assign`` gives it, at that object's
-    nearest model point, within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``; one Kabsch
+    the frame's fused points (each point pairs with the object that ``assign`` gives it, at the nearest
+    point of that object's ``surface``: its model and, for a surface of revolution, the model's completion;
+    within a radius shrinking from ``icp_radius_m`` to ``track_radius_m``; one Kabsch
     fit per object and step). Because the models never absorb this frame's points, a
     mislabelled point cannot leak into an object and carry its id on to later frames.
     """
@@ -324,7 +325,7 @@ class RigidObjects:
 
     def assign(self, points: np.ndarray, bins: np.ndarray, radius: float, poses=None):
         """(N,) ids of (N,3) points with (N,) chromaticity bins (0: no object within ``radius``) and (N,)
-        the index of each point's nearest model point in its object's model: among the objects with a
+        the index of each point's nearest point in its object's ``surface``: among the objects with a
         posed model point within the radius (``poses``, default the current ones), the one that best
         explains the point's position and colour, log p(colour | object) - d^2 / (2 label_sigma_m^2) with
         d the distance to its nearest model point. Objects of one colour split by distance; a cube's face
@@ -337,7 +338,7 @@ class RigidObjects:
         nearest = np.zeros((len(points), len(ids)), int)
         for j, k in enumerate(ids):
             R, t = poses[k]
-            model = self.models[k] @ R.T + t
+            model = self.surface(k) @ R.T + t
             # Only points within the model's bounding sphere grown by the radius can have a model point
             # within the radius: the others keep score -inf without a query.
             centre = model.mean(axis=0)
@@ -377,13 +378,24 @@ class RigidObjects:
             self.completions[k] = ring[in_silhouettes(ring @ R.T + t, silhouettes, K, T_cw)]
             self.surfels.pop(k, None)
 
+    @property
+    def complete(self) -> list[int]:
+        """The objects whose models ``complete_by_revolution`` completed."""
+        return [k for k, ring in self.completions.items() if len(ring)]
+
+    def surface(self, k: int) -> np.ndarray:
+        """(M,3) object k's model points and then its completion's (``complete_by_revolution``), in its
+        model's frame: what the tracking pairs the frame's points with and what is drawn. A pin that rolls
+        shows sides the first frame hid; paired with the model alone, their points pull it along the surface
+        (bowling train_0001 ``id_consistency`` 0.9890 -> 0.9903 with the completion; cubes have none)."""
+        return np.concatenate([self.models[k], self.completions[k]])
+
     def make_surfels(self) -> None:
         """Give every model that has none its discs for drawing (``model_surfels``, in the model's frame), one
         per model point and then one per point of its completion (``complete_by_revolution``): all of them
         once the models are cut (``cut_to_silhouettes``), later an object found after the first frame."""
         for k in self.models.keys() - self.surfels.keys():
-            drawn = np.concatenate([self.models[k], self.completions[k]])  # the model's own points first
-            self.surfels[k] = model_surfels(drawn, self.cfg["surfel_neighbours"], self.cfg["surfel_radius_scale"],
+            self.surfels[k] = model_surfels(self.surface(k), self.cfg["surfel_neighbours"], self.cfg["surfel_radius_scale"],
                                             self.cfg["surfel_smooth_neighbours"])
 
     def posed_surfels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -453,7 +465,7 @@ class RigidObjects:
                     if pairs[k] < 10:
                         continue
                     Rk, tk = poses[k]
-                    R, t = kabsch(self.models[k][idx[pair]] @ Rk.T + tk, points[pair])
+                    R, t = kabsch(self.surface(k)[idx[pair]] @ Rk.T + tk, points[pair])
                     poses[k] = (R @ Rk, R @ tk + t)
             self.refine_on_planes(points, bins, poses)
         self.previous, self.poses = self.poses, poses
@@ -477,8 +489,8 @@ class RigidObjects:
             ids, idx = self.assign(points, bins, cfg["icp_fine_radius_m"], poses)
             for k, (Rk, tk) in poses.items():
                 pair = ids == k
-                model = self.models[k][idx[pair]] @ Rk.T + tk
-                normals = self.surfels[k][1][idx[pair]] @ Rk.T  # the model points' discs come first
+                model = self.surface(k)[idx[pair]] @ Rk.T + tk
+                normals = self.surfels[k][1][idx[pair]] @ Rk.T  # one disc per surface point
                 on_plane = np.abs(np.einsum("ij,ij->i", points[pair] - model, normals)) < cfg["icp_fine_gate_m"]
                 if on_plane.sum() < 10:
                     continue
@@ -633,23 +645,30 @@ def front_surfel_ids(centres: np.ndarray, normals: np.ndarray, radii: np.ndarray
     ahead = cam[:, 2] > 1e-3
     cam, n, radii, ids = cam[ahead], n[ahead], radii[ahead], ids[ahead]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    # Each disc is tried out to a pixel beyond its radius in pixels, at most max_px (most discs are
+    # far smaller than the largest); sorted by that reach, the discs tried at an offset are a prefix.
+    radius_px = np.ceil(radii * max(fx, fy) / cam[:, 2]) if len(cam) else np.zeros(0)
+    reach = int(min(max_px, radius_px.max())) if len(cam) else 0
+    disc_reach = np.minimum(radius_px + 1, reach)
+    order = np.argsort(-disc_reach, kind="stable")
+    cam, n, radii, ids, disc_reach = cam[order], n[order], radii[order], ids[order], disc_reach[order]
     u0 = np.rint(fx * cam[:, 0] / cam[:, 2] + cx).astype(int)
     v0 = np.rint(fy * cam[:, 1] / cam[:, 2] + cy).astype(int)
-    reach = int(min(max_px, np.ceil((radii * max(fx, fy) / cam[:, 2]).max()))) if len(cam) else 0
     plane = np.einsum("ij,ij->i", n, cam)
     flat, depth, hit_ids = [], [], []
     for dv in range(-reach, reach + 1):
         for du in range(-reach, reach + 1):
-            u, v = u0 + du, v0 + dv
+            m = np.searchsorted(-disc_reach, -max(abs(du), abs(dv)), side="right")  # those reaching this far
+            u, v = u0[:m] + du, v0[:m] + dv
             ray = np.stack([(u - cx) / fx, (v - cy) / fy, np.ones(len(u))], axis=1)  # z = 1
-            facing = np.einsum("ij,ij->i", n, ray)
+            facing = np.einsum("ij,ij->i", n[:m], ray)
             with np.errstate(divide="ignore", invalid="ignore"):
-                z = plane / facing  # the depth at which the ray meets the disc's plane
+                z = plane[:m] / facing  # the depth at which the ray meets the disc's plane
                 hit = ((u >= 0) & (u < W) & (v >= 0) & (v < H) & (np.abs(facing) > 1e-6) & (z > 0)
-                       & (((ray * z[:, None] - cam) ** 2).sum(axis=1) <= radii ** 2))
+                       & (((ray * z[:, None] - cam[:m]) ** 2).sum(axis=1) <= radii[:m] ** 2))
             flat.append(v[hit] * W + u[hit])
             depth.append(z[hit])
-            hit_ids.append(ids[hit])
+            hit_ids.append(ids[:m][hit])
     flat, depth, hit_ids = np.concatenate(flat), np.concatenate(depth), np.concatenate(hit_ids)
     front = np.zeros(H * W, ids.dtype)
     if len(flat):
@@ -660,13 +679,22 @@ def front_surfel_ids(centres: np.ndarray, normals: np.ndarray, radii: np.ndarray
 
 
 def front_ids(discs: tuple, hull: np.ndarray, hull_ids: np.ndarray, K: np.ndarray, T_cw: np.ndarray,
-              shape: tuple[int, int]) -> np.ndarray:
-    """(H,W) the id of the posed model in front at each pixel of one camera (``front_surfel_ids`` of the
-    models' ``discs`` from ``RigidObjects.posed_surfels``) and, where no model shows, of the (M,3) hull
-    points with (M,) ids (``RigidObjects.add_hull``, ``front_model_ids``); 0 where neither shows. The hull
-    only fills in: it is fatter than the models, which are cut to the silhouettes point by point."""
-    front = front_surfel_ids(*discs, K, T_cw, shape)
-    return np.where(front > 0, front, front_model_ids(hull, hull_ids, K, T_cw, shape))
+              shape: tuple[int, int], supersample: int = 1) -> np.ndarray:
+    """(S*H,S*W) the id of the posed model in front along S x S rays through each pixel of one camera
+    (``supersample`` S, odd: the middle ray passes through the pixel's centre; the others are spread
+    evenly across it) (``front_surfel_ids`` of the models' ``discs`` from ``RigidObjects.posed_surfels``)
+    and, where no model shows, of the (M,3) hull points with (M,) ids at the pixel (``RigidObjects.add_hull``,
+    ``front_model_ids``); 0 where neither shows. The hull only fills in: it is fatter than the models,
+    which are cut to the silhouettes point by point. ``[S // 2::S, S // 2::S]`` is what each pixel's centre
+    sees."""
+    S = supersample
+    K_rays = K.astype(np.float64)  # a camera with S x S pixels per pixel, their centres spread as above
+    K_rays[:2] *= S
+    K_rays[:2, 2] += (S - 1) / 2
+    H, W = shape
+    front = front_surfel_ids(*discs, K_rays, T_cw, (S * H, S * W), max_px=3 * S)
+    hull_front = np.repeat(np.repeat(front_model_ids(hull, hull_ids, K, T_cw, shape), S, axis=0), S, axis=1)
+    return np.where(front > 0, front, hull_front)
 
 
 def reassign_by_models(view: np.ndarray, front: np.ndarray, bins: np.ndarray, log_colour: dict,
@@ -806,19 +834,37 @@ def colour_relabel(ids: np.ndarray, bins: np.ndarray, log_colour: dict, radius_p
     return out
 
 
-def guided_relabel(ids: np.ndarray, colour: np.ndarray, radius_px: int, eps: float) -> np.ndarray:
+def guided_relabel(ids: np.ndarray, colour: np.ndarray, radius_px: int, eps: float,
+                   drawn: np.ndarray | None = None, drawn_weight: float = 0.0) -> np.ndarray:
     """(H,W) ids with each object pixel given to the object whose (H,W) indicator image, smoothed by a
     guided filter (He et al.; window radius ``radius_px``, regularisation ``eps`` on colours scaled to 0-1)
     with the (H,W,3) uint8 colour image as guide, is largest there; background pixels stay background.
     A guided filter's output follows the guide's edges, so a boundary between two objects that the depth
     and the models place a pixel off moves to where the image changes, and isolated wrong pixels go to the
-    object around them (bowling val_0000 ``id_consistency`` 0.979 -> 0.984, ``miou`` 0.892 -> 0.901)."""
+    object around them (bowling val_0000 ``id_consistency`` 0.979 -> 0.984, ``miou`` 0.892 -> 0.901).
+
+    Between two objects of one colour (two white pins) the image has little edge to follow, and the filter
+    moves as many boundary pixels wrong as right. With ``drawn``, the (S*H,S*W) ids of the posed models
+    along S x S rays a pixel (``front_ids``), each object's score is ``1 - drawn_weight`` times its filtered
+    indicator plus ``drawn_weight`` times the share of the pixel's rays that meet its model: where two
+    models meet inside a pixel, the one that covers more of it wins unless the image clearly says
+    otherwise (bowling train_0000 ``id_consistency`` 0.9893 -> 0.9908 with a weight of 0.3; with 2 x 2 to
+    8 x 8 rays a pixel the same within 0.0002: the models' poses limit it, not the rays)."""
     present = np.array([k for k in np.unique(ids) if k > 0], ids.dtype)
     if len(present) < 2 or radius_px == 0:
         return ids
     guided = cv2.ximgproc.createGuidedFilter(colour.astype(np.float32) / 255, radius_px, eps)  # the guide's
-    smoothed = np.stack([guided.filter((ids == k).astype(np.float32)) for k in present])  # statistics, once
-    return np.where(ids > 0, present[smoothed.argmax(axis=0)], 0).astype(ids.dtype)
+    score = np.stack([guided.filter((ids == k).astype(np.float32)) for k in present])  # statistics, once
+    if drawn is not None and drawn_weight > 0 and drawn.any():
+        H, W = ids.shape
+        S = drawn.shape[0] // H
+        row = np.zeros(int(max(present.max(), drawn.max())) + 1, int)  # each present id's row; 0: others
+        row[present] = np.arange(1, len(present) + 1)
+        pixel = (np.arange(S * H)[:, None] // S) * W + np.arange(S * W)[None, :] // S
+        covered = np.bincount((row[drawn] * H * W + pixel).ravel(), minlength=(len(present) + 1) * H * W)
+        covered = covered[H * W:].reshape(len(present), H, W) / S**2
+        score = (1 - drawn_weight) * score + drawn_weight * covered
+    return np.where(ids > 0, present[score.argmax(axis=0)], 0).astype(ids.dtype)
 
 
 class FusedFrames:
@@ -944,6 +990,7 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
         if cfg["relabel_px"]:
             views = np.stack([colour_relabel(views[c], image_bins[c], objects.log_colour, cfg["relabel_px"],
                                              cfg["relabel_margin"]) for c in range(C)])
+        drawn = [None] * C  # the complete models along model_supersample^2 rays a pixel
         if cfg["model_front"]:
             if t == 0:
                 objects.cut_to_silhouettes(views > 0, frames.K, frames.T_cw)
@@ -953,12 +1000,16 @@ def fused_ids(frames: FusedFrames, ids, cfg: dict) -> tuple[np.ndarray, int]:
                     objects.add_hull(first_frame_hull(views > 0, depths, frames, objects, cfg), cfg["label_radius_m"])
             discs = objects.posed_surfels()
             hull, hull_ids = objects.posed(shapes=objects.hulls)
+            S = cfg["model_supersample"]
             for c in range(C):
-                front = front_ids(discs, hull, hull_ids, frames.K[c], frames.T_cw[c], (H, W))
-                views[c] = reassign_by_models(views[c], front, image_bins[c], objects.log_colour,
-                                              cfg["relabel_margin"])
-        views = np.stack([guided_relabel(views[c], frame_colour[c], cfg["guided_radius_px"], cfg["guided_eps"])
-                          for c in range(C)])
+                rays = front_ids(discs, hull, hull_ids, frames.K[c], frames.T_cw[c], (H, W), S)
+                views[c] = reassign_by_models(views[c], rays[S // 2::S, S // 2::S], image_bins[c],
+                                              objects.log_colour, cfg["relabel_margin"])
+                # Only a complete model's cover is evidence: through a cube's face hidden at the first
+                # frame, the model behind shows (cube_stacks val_0000 id_consistency 0.9970 -> 0.9949).
+                drawn[c] = np.where(np.isin(rays, objects.complete), rays, 0)
+        views = np.stack([guided_relabel(views[c], frame_colour[c], cfg["guided_radius_px"], cfg["guided_eps"],
+                                         drawn[c], cfg["guided_model_weight"]) for c in range(C)])
         ids[:, t] = views
         counts[t] = len(np.unique(labels[labels > 0]))
     return counts, len(objects.models)

@@ -152,6 +152,14 @@ def test_guided_relabel_moves_a_boundary_onto_the_image_edge_and_nothing_else():
     flat[:4] = colour[:4]
     assert (guided_relabel(ids, flat, radius_px=2, eps=0.01)[4:, 19:22] == ids[4:, 19:22]).all()
     assert (guided_relabel(ids, colour, radius_px=0, eps=0.01) == ids).all()
+    # With the models drawn along 3 x 3 rays a pixel: where the image shows no edge, the boundary goes where
+    # the models put it, if they cover most of the pixel; a third of it does not move it.
+    for covered_columns, expected in ((3, 2), (1, 1)):
+        drawn = np.repeat(np.repeat(true, 3, axis=0), 3, axis=1)
+        drawn[12:, 60 + covered_columns:63] = 1  # column 20's rays: the first covered_columns are object 2's
+        out = guided_relabel(ids, flat, radius_px=2, eps=0.01, drawn=drawn, drawn_weight=0.3)
+        assert (out[4:, 20] == expected).all() and (out[4:, 19] == 1).all() and (out[4:, 21] == 2).all()
+    assert (guided_relabel(ids, flat, 2, 0.01, drawn, 0.0) == guided_relabel(ids, flat, 2, 0.01)).all()
 
 
 def test_models_give_a_depth_smear_back_to_the_object_behind():
@@ -191,6 +199,12 @@ def test_models_drawn_as_discs_end_where_the_pixel_centres_leave_them():
     assert (discs[10:21, 5:11] == 1).all() and (discs[10:21, 11:31] == 2).all() and (discs[10:21, :5] == 2).all()
     assert (discs[:10] == 0).all() and (discs[21:] == 0).all() and (discs[10:21, 31:] == 0).all()
     assert (points[10:21, 11] == 1).all()  # the points' half pixel
+    # Three by three rays a pixel: the middle ones are the pixel centres' rays; of pixel 11's columns of rays
+    # (u = 10.67, 11 and 11.33) the near plane covers the first.
+    rays = front_ids((centres, facing, radii, ids), np.zeros((0, 3)), np.zeros(0, int), PIN_K, np.eye(4),
+                     (48, 64), supersample=3)
+    assert rays.shape == (144, 192) and (rays[1::3, 1::3] == discs).all()
+    assert (rays[30:63, 33] == 1).all() and (rays[30:63, 34:36] == 2).all()
     edge_on = np.cross(near, [0.0, 1.0, 0.0])  # the near discs turned to face across their lines of sight
     edge_on /= np.linalg.norm(edge_on, axis=1, keepdims=True)
     assert not front_surfel_ids(near, edge_on, radii[:len(near)], ids[:len(near)], PIN_K, np.eye(4), (48, 64)).any()
@@ -256,6 +270,35 @@ def test_a_partial_view_of_a_surface_of_revolution_is_completed_and_a_box_is_not
     patch = np.concatenate([rng.uniform(-0.02, 0.02, (500, 2)), np.zeros((500, 1))], axis=1)
     ring, _ = revolved_points(patch, point_normals(patch, 40), 0.002, 0.0015, 0.6)
     assert np.abs(ring[:, 2]).max(initial=0) < 1e-6
+
+
+def test_a_completed_model_is_tracked_onto_the_side_its_first_frame_hid():
+    """A pin-like model seen from +x only, then a frame that shows its -x side, the pin moved by 6 mm: paired
+    with its completion as well (``RigidObjects.surface``) the model lands within a millimetre; paired
+    with the seen half alone, the half is pulled onto the other side, centimetres off."""
+    rng = np.random.default_rng(9)
+
+    def half(facing, n=3000):
+        h = rng.uniform(0, 0.1, n)
+        angle = rng.uniform(-np.pi / 2, np.pi / 2, n) + facing
+        radius = 0.025 + 0.005 * np.sin(h * 60)
+        return np.stack([radius * np.cos(angle), radius * np.sin(angle), h + 0.01], 1) + rng.normal(0, 0.0005, (n, 3))
+
+    seen, shift = half(0.0), np.array([0.006, -0.004, 0.0])
+    frame = half(np.pi) + shift
+    grey = np.zeros(len(frame), int)
+    errors = []
+    for complete in (True, False):
+        objects = RigidObjects(CFG)
+        objects.add(seen, grey, np.ones(len(seen), int))
+        if complete:
+            objects.completions[1], _ = revolved_points(seen, point_normals(seen, 40), 0.002, 0.0015, 0.6)
+            assert objects.complete == [1] and len(objects.surface(1)) > len(seen)
+        objects.track(frame, grey, _two_cameras(frame))
+        R, t = objects.poses[1]
+        axis_point = np.array([0.0, 0.0, 0.06])  # on the pin's axis, half way up
+        errors.append(np.linalg.norm(axis_point @ R.T + t - (axis_point + shift)))
+    assert errors[0] < 0.001 and errors[1] > 0.01, errors
 
 
 def test_models_are_cut_to_the_silhouettes_of_all_views():
