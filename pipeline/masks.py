@@ -311,6 +311,7 @@ class RigidObjects:
         self.hulls: dict[int, np.ndarray] = {}
         self.completions: dict[int, np.ndarray] = {}  # complete_by_revolution, in the model's frame
         self.surfels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # model_surfels: from the models
+        self.searches: dict[int, tuple] = {}  # search_surface: from the models
         self.poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.previous: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -318,6 +319,7 @@ class RigidObjects:
         """New objects from (N,3) points with (N,) chromaticity bins and (N,) labels (0: none)."""
         for k in np.unique(labels[labels > 0]):
             self.models[int(k)] = points[labels == k]
+            self.searches.pop(int(k), None)
             self.log_colour[int(k)] = colour_log_likelihood(bins[labels == k])
             self.hulls[int(k)] = np.zeros((0, 3))
             self.completions[int(k)] = np.zeros((0, 3))
@@ -338,13 +340,14 @@ class RigidObjects:
         nearest = np.zeros((len(points), len(ids)), int)
         for j, k in enumerate(ids):
             R, t = poses[k]
-            model = self.surface(k) @ R.T + t
-            # Only points within the model's bounding sphere grown by the radius can have a model point
+            tree, centre, extent = self.search_surface(k)
+            if tree is None:
+                continue
+            # Only points within the surface's bounding sphere grown by the radius can have a surface point
             # within the radius: the others keep score -inf without a query.
-            centre = model.mean(axis=0)
-            reach = np.sqrt(((model - centre) ** 2).sum(axis=1).max()) + radius + 1e-9
-            near = np.flatnonzero(((points - centre) ** 2).sum(axis=1) <= reach**2)
-            dist, nearest[near, j] = cKDTree(model).query(points[near], distance_upper_bound=radius)
+            reach = extent + radius + 1e-9
+            near = np.flatnonzero(((points - (centre @ R.T + t)) ** 2).sum(axis=1) <= reach**2)
+            dist, nearest[near, j] = tree.query((points[near] - t) @ R, distance_upper_bound=radius)
             score[near, j] = self.log_colour[k][bins[near]] - 0.5 * (dist / self.cfg["label_sigma_m"]) ** 2
         best = score.argmax(axis=1)
         found = np.isfinite(score[np.arange(len(points)), best])
@@ -358,7 +361,7 @@ class RigidObjects:
         for k, model in self.models.items():
             R, t = self.poses[k]
             self.models[k] = model[in_silhouettes(model @ R.T + t, silhouettes, K, T_cw)]
-        self.surfels = {}  # drawn from the models as they were
+        self.surfels, self.searches = {}, {}  # made from the models as they were
 
     def complete_by_revolution(self, silhouettes: np.ndarray, K: np.ndarray, T_cw: np.ndarray) -> None:
         """Complete each model that lies on a surface of revolution (a pin, a ball, a bottle;
@@ -377,6 +380,7 @@ class RigidObjects:
             R, t = self.poses[k]
             self.completions[k] = ring[in_silhouettes(ring @ R.T + t, silhouettes, K, T_cw)]
             self.surfels.pop(k, None)
+            self.searches.pop(k, None)
 
     @property
     def complete(self) -> list[int]:
@@ -389,6 +393,18 @@ class RigidObjects:
         shows sides the first frame hid; paired with the model alone, their points pull it along the surface
         (bowling train_0001 ``id_consistency`` 0.9890 -> 0.9903 with the completion; cubes have none)."""
         return np.concatenate([self.models[k], self.completions[k]])
+
+    def search_surface(self, k: int) -> tuple[cKDTree | None, np.ndarray, float]:
+        """A k-d tree of object k's ``surface`` in its model's frame (the frame's points are carried into it:
+        one tree for all frames; None if the surface is empty), the surface's (3,) centre and its largest
+        distance from it (m)."""
+        if k not in self.searches:
+            surface = self.surface(k)
+            if not len(surface):  # cut away whole: nothing is near it
+                return None, np.zeros(3), 0.0
+            centre = surface.mean(axis=0)
+            self.searches[k] = (cKDTree(surface), centre, float(np.sqrt(((surface - centre) ** 2).sum(axis=1).max())))
+        return self.searches[k]
 
     def make_surfels(self) -> None:
         """Give every model that has none its discs for drawing (``model_surfels``, in the model's frame), one
