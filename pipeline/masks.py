@@ -340,7 +340,7 @@ class RigidObjects:
         nearest = np.zeros((len(points), len(ids)), int)
         for j, k in enumerate(ids):
             R, t = poses[k]
-            tree, centre, extent = self.search_surface(k)
+            _, tree, centre, extent = self.search_surface(k)
             if tree is None:
                 continue
             # Only points within the surface's bounding sphere grown by the radius can have a surface point
@@ -394,16 +394,17 @@ class RigidObjects:
         (bowling train_0001 ``id_consistency`` 0.9890 -> 0.9903 with the completion; cubes have none)."""
         return np.concatenate([self.models[k], self.completions[k]])
 
-    def search_surface(self, k: int) -> tuple[cKDTree | None, np.ndarray, float]:
-        """A k-d tree of object k's ``surface`` in its model's frame (the frame's points are carried into it:
-        one tree for all frames; None if the surface is empty), the surface's (3,) centre and its largest
-        distance from it (m)."""
+    def search_surface(self, k: int) -> tuple[np.ndarray, cKDTree | None, np.ndarray, float]:
+        """Object k's (M,3) ``surface``, made once, a k-d tree of it in its model's frame (the frame's points
+        are carried into it: one tree for all frames; None if the surface is empty), its (3,) centre and its
+        largest distance from it (m)."""
         if k not in self.searches:
             surface = self.surface(k)
             if not len(surface):  # cut away whole: nothing is near it
-                return None, np.zeros(3), 0.0
+                return surface, None, np.zeros(3), 0.0
             centre = surface.mean(axis=0)
-            self.searches[k] = (cKDTree(surface), centre, float(np.sqrt(((surface - centre) ** 2).sum(axis=1).max())))
+            self.searches[k] = (surface, cKDTree(surface), centre,
+                                float(np.sqrt(((surface - centre) ** 2).sum(axis=1).max())))
         return self.searches[k]
 
     def make_surfels(self) -> None:
@@ -481,7 +482,7 @@ class RigidObjects:
                     if pairs[k] < 10:
                         continue
                     Rk, tk = poses[k]
-                    R, t = kabsch(self.surface(k)[idx[pair]] @ Rk.T + tk, points[pair])
+                    R, t = kabsch(self.search_surface(k)[0][idx[pair]] @ Rk.T + tk, points[pair])
                     poses[k] = (R @ Rk, R @ tk + t)
             self.refine_on_planes(points, bins, poses)
         self.previous, self.poses = self.poses, poses
@@ -505,7 +506,7 @@ class RigidObjects:
             ids, idx = self.assign(points, bins, cfg["icp_fine_radius_m"], poses)
             for k, (Rk, tk) in poses.items():
                 pair = ids == k
-                model = self.surface(k)[idx[pair]] @ Rk.T + tk
+                model = self.search_surface(k)[0][idx[pair]] @ Rk.T + tk
                 normals = self.surfels[k][1][idx[pair]] @ Rk.T  # one disc per surface point
                 on_plane = np.abs(np.einsum("ij,ij->i", points[pair] - model, normals)) < cfg["icp_fine_gate_m"]
                 if on_plane.sum() < 10:
