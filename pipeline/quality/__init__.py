@@ -29,10 +29,13 @@ def write_report(rows: list[dict], path: str | Path) -> None:
 
 
 def episode_main(argv, stage: str, doc: str, method_attr: str,
-                 figures: Callable[[object, object], dict[str, tuple[float, str]]]) -> int:
+                 figures: Callable[[object, object], dict[str, tuple[float, str]]],
+                 frames: Callable[[object], int] | None = None) -> int:
     """``python -m pipeline.quality <stage> --<stage> A.zarr ... --groundtruth G.zarr ... --out R.csv``:
     one stage artifact and its episode's ground truth at a time, ``figures(artifact, gt)`` giving
-    {metric: (value, unit)}; the artifact attribute ``method_attr`` names the method."""
+    {metric: (value, unit)}; the artifact attribute ``method_attr`` names the method. An artifact must be of
+    its ground truth's episode, with as many cameras (``camera_names``) and, where ``frames(artifact)``
+    counts them, as many frames."""
     from ..artifact import ArtifactError, open_artifact
 
     ap = argparse.ArgumentParser(prog=f"python -m pipeline.quality {stage}", description=doc,
@@ -50,6 +53,11 @@ def episode_main(argv, stage: str, doc: str, method_attr: str,
             art, gt = open_artifact(path, stage), open_artifact(gt_path, "groundtruth")
             if (art.attrs["scene"], art.attrs["episode"]) != (gt.attrs["scene"], gt.attrs["episode"]):
                 raise ArtifactError(f"{path} and {gt_path} are of different episodes")
+            n_cameras, n_frames = gt["T_cw_color"].shape[0], gt["poses"].shape[0]
+            if "camera_names" in art.attrs and len(art.attrs["camera_names"]) != n_cameras:
+                raise ArtifactError(f"{path} has {len(art.attrs['camera_names'])} cameras, {gt_path} {n_cameras}")
+            if frames is not None and frames(art) != n_frames:
+                raise ArtifactError(f"{path} has {frames(art)} frames, {gt_path} {n_frames}")
             base = {"scene": art.attrs["scene"], "split": art.attrs["split"], "episode": art.attrs["episode"],
                     "stage": stage, "method": art.attrs[method_attr], "against": "gt"}
             rows += [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, (v, u) in figures(art, gt).items()]

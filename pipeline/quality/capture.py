@@ -167,4 +167,5 @@ def capture_figures(cap, gt) -> dict[str, tuple[float, str]]:
 
 
 def main(argv=None) -> int:
-    return episode_main(argv, "capture", __doc__, "source", capture_figures)
+    return episode_main(argv, "capture", __doc__, "source", capture_figures,
+                        frames=lambda capture: capture["color"].shape[1])

@@ -7,7 +7,7 @@
     mae_mm         mean |d - d*| over the same pixels
     valid_frac     share of object pixels with depth (measured or filled in)
     measured_frac  share of object pixels the matcher (or sensor) measured, not filled in
-    bad_10mm_frac  share of object pixels with depth off by more than 10 mm
+    bad_10mm_frac  share of the object pixels with depth whose depth is off by more than 10 mm
 
 ``bad1_frac`` of the matcher on a stereo pair with ground-truth disparity is ``tsukuba_bad1``.
 """
@@ -35,9 +35,11 @@ def depth_figures(depth, gt) -> dict[str, tuple[float, str]]:
             rel.append(np.abs(est[valid] - true[valid]) / true[valid])
             err.append(np.abs(est[valid] - true[valid]))
     rel, err = np.concatenate(rel), np.concatenate(err)
-    return {"abs_rel": (float(rel.mean()), "1"), "mae_mm": (float(err.mean()) * 1000, "mm"),
+    nan = float("nan")  # no object pixel with depth: nothing to measure the error on
+    return {"abs_rel": (float(rel.mean()) if n_valid else nan, "1"),
+            "mae_mm": (float(err.mean()) * 1000 if n_valid else nan, "mm"),
             "valid_frac": (n_valid / max(n_obj, 1), "1"), "measured_frac": (n_measured / max(n_obj, 1), "1"),
-            "bad_10mm_frac": (float((err > 0.01).sum()) / max(n_valid, 1), "1")}
+            "bad_10mm_frac": (float((err > 0.01).sum()) / n_valid if n_valid else nan, "1")}
 
 
 def bad1_fraction(left: np.ndarray, right: np.ndarray, gt_disparity: np.ndarray, params: MatcherParams) -> float:
@@ -49,4 +51,5 @@ def bad1_fraction(left: np.ndarray, right: np.ndarray, gt_disparity: np.ndarray,
 
 
 def main(argv=None) -> int:
-    return episode_main(argv, "depth", __doc__, "method", depth_figures)
+    return episode_main(argv, "depth", __doc__, "method", depth_figures,
+                        frames=lambda depth: depth["depth"].shape[1])

@@ -13,7 +13,7 @@ both the median over objects and frames; ``*_p90`` the 90th percentile.
                           the angle between the fitted and true axis (spin about it is not counted); spheres
                           have no orientation and are left out. Texture can make the spin visible, so this
                           says how much of the rotation error is spin, not that spin is unobservable.
-    label_mte_mm        as tracking's mte_mm, for the pseudo-label positions
+    label_mte_mm        as tracking's mte_mm (frames t >= 1), for the pseudo-label positions
 """
 from __future__ import annotations
 
@@ -51,15 +51,16 @@ def label_figures(labels, gt) -> dict[str, tuple[float, str]]:
                 rot_sym.append(rot[-1])
     pos = labels["positions"][:].astype(np.float64)
     obj = owner >= 0
-    err = np.linalg.norm(pos[:, obj] - true_trajectories(means0, owner, gt)[:, obj], axis=-1) * 1000
+    err = np.linalg.norm(pos[1:, obj] - true_trajectories(means0, owner, gt)[1:, obj], axis=-1) * 1000
     nan = float("nan")
     return {"pose_trans_err_mm": (float(np.median(trans)) if trans else nan, "mm"),
             "pose_rot_err_deg": (float(np.median(rot)) if rot else nan, "deg"),
             "pose_trans_err_mm_p90": (float(np.percentile(trans, 90)) if trans else nan, "mm"),
             "pose_rot_err_deg_p90": (float(np.percentile(rot, 90)) if rot else nan, "deg"),
             "pose_rot_err_sym_deg": (float(np.median(rot_sym)) if rot_sym else nan, "deg"),
-            "label_mte_mm": (float(np.median(err.mean(axis=0))) if obj.any() else nan, "mm")}
+            "label_mte_mm": (float(np.median(err.mean(axis=0))) if err.size else nan, "mm")}
 
 
 def main(argv=None) -> int:
-    return episode_main(argv, "labels", __doc__, "method", label_figures)
+    return episode_main(argv, "labels", __doc__, "method", label_figures,
+                        frames=lambda labels: labels["motions"].shape[0])

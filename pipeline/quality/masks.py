@@ -55,4 +55,5 @@ def mask_figures(masks, gt) -> dict[str, tuple[float, str]]:
 
 
 def main(argv=None) -> int:
-    return episode_main(argv, "masks", __doc__, "backend", mask_figures)
+    return episode_main(argv, "masks", __doc__, "backend", mask_figures,
+                        frames=lambda masks: masks["ids"].shape[1])
