@@ -35,7 +35,10 @@ def _with_defaults(validator_class):
                     instance.setdefault(name, copy.deepcopy(sub["default"]))
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    # JSON Schema counts 5.0 as an integer; range(), array shapes and OpenCV do not.
+    integers = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda checker, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults}, type_checker=integers)
 
 
 def load_schema() -> dict:
@@ -161,9 +164,13 @@ def read_scene_spec(config_path: str | None, scene: str | None, spec_json: str |
     by hand, ``--config config.yaml --scene bowling`` reads the same values.
     """
     if spec_json is not None:
-        spec = json.loads(spec_json)
-        unknown = set(spec) - {"name", *SPEC_SECTIONS}
-        if unknown or "name" not in spec:
+        try:
+            spec = json.loads(spec_json)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--spec: not valid JSON ({e})") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"--spec: expected a JSON object, got {type(spec).__name__}")
+        if set(spec) - {"name", *SPEC_SECTIONS} or "name" not in spec:
             raise ConfigError(f"--spec: expected 'name' and sections of {SPEC_SECTIONS}, got {sorted(spec)}")
         for section in set(spec) & set(SPEC_SECTIONS):
             validate_section(spec[section], SECTION_SCHEMA[section], f"--spec {section}")

@@ -24,8 +24,10 @@ def test_default_config_is_valid_and_fills_defaults(default_config):
         (lambda c: c["scenes"]["bowling"]["objects"][0].pop("mass"), ["scenes/bowling/objects/0", "mass"]),
         (lambda c: c["scenes"]["bowling"]["episodes"].update(train=-1), ["scenes/bowling/episodes/train"]),
         (lambda c: c["rig"]["cameras"][0].update(position=[0.3, 0.2]), ["rig/cameras/0/position"]),
+        (lambda c: c["scenes"]["bowling"].update(frames=30.0), ["scenes/bowling/frames", "integer"]),
     ],
-    ids=["unknown-key", "wrong-type", "unknown-shape", "missing-field", "negative-count", "short-vector"],
+    ids=["unknown-key", "wrong-type", "unknown-shape", "missing-field", "negative-count", "short-vector",
+         "float-for-integer"],
 )
 def test_bad_config_names_the_key(default_config, edit, names):
     cfg = copy.deepcopy(default_config)
@@ -46,6 +48,16 @@ def test_bad_config_exits_non_zero_from_the_command_line(default_config, tmp_pat
                         "--capture", str(out), "--groundtruth", str(tmp_path / "gt.zarr"))
     assert result.returncode != 0
     assert "scenes/bowling/objects/0/shape" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, expected", [('{"name": "bowling", "depth": {', "--spec: not valid JSON"),
+                                            ('["bowling"]', "--spec: expected a JSON object")])
+def test_malformed_spec_is_a_config_error(spec, expected, tmp_path):
+    out = tmp_path / "depth.zarr"
+    result = run_module("pipeline.depth", "--capture", str(tmp_path / "capture.zarr"), "--spec", spec,
+                        "--out", str(out))
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not out.exists()
 
 
