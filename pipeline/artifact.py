@@ -124,6 +124,17 @@ def open_artifact(path, schema: str) -> zarr.Group:
     return group
 
 
+def same_cameras(error: type[Exception], reference: tuple, *others: tuple) -> list[str]:
+    """The camera names of ``reference``, a (path, artifact) pair; raises ``error`` naming both paths where
+    one of ``others`` (pairs too) has other cameras, or the same ones in another order."""
+    reference_path, reference_art = reference
+    names = list(reference_art.attrs["camera_names"])
+    for path, art in others:
+        if list(art.attrs["camera_names"]) != names:
+            raise error(f"{path} has cameras {list(art.attrs['camera_names'])}, {reference_path} has {names}")
+    return names
+
+
 def frame_array(group: zarr.Group, name: str, shape: tuple, dtype) -> zarr.Array:
     """An image-stack array (C, T, H, W[, 3]) chunked one image per chunk, so frames are written as they come."""
     return group.create_array(name, shape=shape, dtype=dtype, chunks=(1, 1, *shape[2:]))

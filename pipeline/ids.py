@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifact import ArtifactWriter, open_artifact, put
+from .artifact import ArtifactWriter, open_artifact, put, same_cameras
 from .config import stage_main
 from .splat import contributions
 
@@ -70,9 +70,13 @@ def write_ids(tracking_path: str, masks_path: str, cfg: dict, out: str) -> dict:
     masks = open_artifact(masks_path, "masks")
     if (track.attrs["scene"], track.attrs["episode"]) != (masks.attrs["scene"], masks.attrs["episode"]):
         raise IdsError(f"{tracking_path} and {masks_path} are of different episodes")
+    same_cameras(IdsError, (tracking_path, track), (masks_path, masks))
     T = track["means"].shape[0]
     if masks["ids"].shape[1] != T:
         raise IdsError(f"{masks_path} has {masks['ids'].shape[1]} frames, {tracking_path} has {T}")
+    if masks["ids"].shape[2:] != track["background"].shape[1:3]:
+        raise IdsError(f"{masks_path} has {masks['ids'].shape[2:]} pixels a view, the cameras of {tracking_path} "
+                       f"{track['background'].shape[1:3]}")
     n_ids = int(masks.attrs["n_objects"])
     frames = list(range(0, T, cfg["frame_stride"]))
     scores = voter_scores(track, masks, frames, n_ids)

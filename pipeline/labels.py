@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from .artifact import ArtifactWriter, open_artifact, put
+from .artifact import ArtifactWriter, open_artifact, put, same_cameras
 from .config import stage_main
 from .geometry import kabsch, make_T, transform_gaussians
 
@@ -77,10 +77,12 @@ def pseudo_labels(means0, quats0, ids, motions):
 def write_labels(tracking_path: str, ids_path: str, capture_path: str, masks_path: str, cfg: dict, out: str) -> dict:
     track = open_artifact(tracking_path, "tracking")
     ids_art = open_artifact(ids_path, "ids")
-    for path, art in ((capture_path, open_artifact(capture_path, "capture")), (masks_path, open_artifact(masks_path, "masks")),
-                      (ids_path, ids_art)):
+    inputs = ((capture_path, open_artifact(capture_path, "capture")), (masks_path, open_artifact(masks_path, "masks")),
+              (ids_path, ids_art))
+    for path, art in inputs:
         if (art.attrs["scene"], art.attrs["episode"]) != (track.attrs["scene"], track.attrs["episode"]):
             raise LabelsError(f"{path} is not of the episode of {tracking_path}")
+    same_cameras(LabelsError, (tracking_path, track), *inputs)
     means = track["means"][:].astype(np.float64)
     ids = ids_art["ids"][:]
     if len(ids) != means.shape[1]:

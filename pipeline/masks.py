@@ -47,7 +47,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from .artifact import ArtifactWriter, frame_array, open_artifact, put
+from .artifact import ArtifactWriter, frame_array, open_artifact, put, same_cameras
 from .config import stage_main
 from .geometry import (backproject, icp, invert_T, kabsch, make_T, perpendicular_basis, pixel_rays, point_normals,
                        point_to_plane, project, transform_points)
@@ -1036,10 +1036,7 @@ def write_masks(capture_path: str, depth_path: str, calibration_path: str, cfg: 
     capture = open_artifact(capture_path, "capture")
     depth_art = open_artifact(depth_path, "depth")
     cal = open_artifact(calibration_path, "calibration")
-    names = list(depth_art.attrs["camera_names"])
-    for path, art in ((calibration_path, cal), (capture_path, capture)):
-        if list(art.attrs["camera_names"]) != names:
-            raise MasksError(f"{path} has cameras {list(art.attrs['camera_names'])}, {depth_path} has {names}")
+    names = same_cameras(MasksError, (depth_path, depth_art), (calibration_path, cal), (capture_path, capture))
     C, T, H, W = depth_art["depth"].shape
     if capture["color"].shape[:4] != (C, T, H, W):
         raise MasksError(f"{capture_path}: colour frames {capture['color'].shape[:4]} do not match the depth "

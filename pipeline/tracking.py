@@ -38,7 +38,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from .artifact import ArtifactWriter, open_artifact, put
+from .artifact import ArtifactWriter, open_artifact, put, same_cameras
 from .config import stage_main
 from .geometry import icp, invert_T, make_T, point_normals, rotation_angle_deg, transform_points
 from .masks import world_points
@@ -726,10 +726,8 @@ def _write_tracking(capture_path: str, depth_path: str, masks_path: str, calibra
     depth_art = open_artifact(depth_path, "depth")
     masks = open_artifact(masks_path, "masks")
     cal = open_artifact(calibration_path, "calibration")
-    names = list(masks.attrs["camera_names"])
-    for path, art in ((capture_path, capture), (depth_path, depth_art), (calibration_path, cal)):
-        if list(art.attrs["camera_names"]) != names:
-            raise TrackingError(f"{path} has cameras {list(art.attrs['camera_names'])}, {masks_path} has {names}")
+    same_cameras(TrackingError, (masks_path, masks), (capture_path, capture), (depth_path, depth_art),
+                 (calibration_path, cal))
     C, T, H, W = masks["ids"].shape
     for path, arr in ((capture_path, capture["color"]), (depth_path, depth_art["depth"])):
         if arr.shape[:4] != (C, T, H, W):

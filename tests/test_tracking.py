@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import zarr
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -354,6 +356,17 @@ def test_tracking_ids_labels_stages(episode_inputs, default_config):
     png = e["dir"] / "labels.png"
     inspect(str(labels), str(png))
     assert png.stat().st_size > 1000
+    # Masks whose cameras are the tracking's in another order: both stages refuse them, naming the files.
+    swapped = e["dir"] / "masks_swapped.zarr"
+    shutil.copytree(e["masks"], swapped)
+    zarr.open_group(str(swapped), mode="r+").attrs["camera_names"] = t_art.attrs["camera_names"][::-1]
+    for module, args in (("pipeline.ids", ["--tracking", str(track), "--masks", str(swapped)]),
+                         ("pipeline.labels", ["--tracking", str(track), "--ids", str(ids), "--capture", str(e["capture"]),
+                                              "--masks", str(swapped)])):
+        out = e["dir"] / "refused.zarr"
+        result = run_module(module, *args, "--spec", spec, "--out", str(out))
+        assert result.returncode == 2 and f"{swapped} has cameras" in result.stderr, result.stderr
+        assert not out.exists()
 
 
 @pytest.mark.slow
