@@ -58,14 +58,23 @@ def build_predictor(cfg: dict):
 def prompts_for(frames, camera_names: list[str], cfg: dict, shape: tuple[int, int]) -> list[dict[int, dict]]:
     """Per camera {object id: {"frame", "box" or None, "points", "labels"}}: from the config when it lists
     prompts, else one box and one point per 3D cluster of the first frame's fused depth (``frames`` is
-    the masks stage's FusedFrames)."""
+    the masks stage's FusedFrames; ``shape`` (H, W) its images')."""
     prompts: list[dict[int, dict]] = [{} for _ in camera_names]
     if cfg["prompts"]:
+        (H, W), T = shape, frames.depth.shape[1]
         for i, p in enumerate(cfg["prompts"]):
+            key = f"config key 'masks/sam2/prompts/{i}"
             if p["camera"] not in camera_names:
-                raise MasksError(f"config key 'masks/sam2/prompts/{i}/camera': {p['camera']!r} is not one of the "
-                                f"episode's cameras {camera_names}")
+                raise MasksError(f"{key}/camera': {p['camera']!r} is not one of the episode's cameras {camera_names}")
+            if p["frame"] >= T:
+                raise MasksError(f"{key}/frame': {p['frame']}, the episode has frames 0..{T - 1}")
             points = p.get("points", [])
+            if "point_labels" in p and len(p["point_labels"]) != len(points):
+                raise MasksError(f"{key}/point_labels': {len(p['point_labels'])} labels for {len(points)} points")
+            corners = [("box", p["box"][:2]), ("box", p["box"][2:])] if "box" in p else []
+            for name, xy in corners + [(f"points/{j}", q) for j, q in enumerate(points)]:
+                if not (0 <= xy[0] <= W - 1 and 0 <= xy[1] <= H - 1):
+                    raise MasksError(f"{key}/{name}': ({xy[0]}, {xy[1]}) lies outside the {W}x{H} images")
             prompts[camera_names.index(p["camera"])][p["object"]] = {
                 "frame": p["frame"], "box": p.get("box"), "points": points,
                 "labels": p.get("point_labels", [1] * len(points))}
@@ -105,7 +114,8 @@ def propagate(predictor, frames_bgr, add_prompts) -> np.ndarray:
 
 def segment_views(predictor, colour, prompts: list[dict[int, dict]], ids) -> tuple[np.ndarray, int]:
     """Propagate each view's prompts through its (T,H,W,3) RGB ``colour`` frames into ``ids`` (C,T,H,W);
-    returns objects seen per frame and the number of prompted objects."""
+    returns objects seen per frame and the largest prompted id (the artifact's ``n_objects``: ids run
+    1..n_objects, and one that no prompt names stays empty)."""
     C, T = ids.shape[:2]
     largest_id = max((k for view in prompts for k in view), default=0)
     seen = np.zeros((T, largest_id + 1), bool)  # frame, id: is the id in some view
@@ -125,4 +135,4 @@ def segment_views(predictor, colour, prompts: list[dict[int, dict]], ids) -> tup
         ids[c] = view_ids
         for t in range(T):
             seen[t, np.unique(view_ids[t])] = True
-    return seen[:, 1:].sum(axis=1), len(set().union(*prompts))
+    return seen[:, 1:].sum(axis=1), largest_id

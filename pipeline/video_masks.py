@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .config import ConfigError, load_config
@@ -35,6 +36,8 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 def read_frames(folder: Path) -> tuple[list[Path], np.ndarray]:
     """The folder's frame files in name order and their (T,H,W,3) BGR pixels."""
+    if not folder.is_dir():
+        raise MasksError(f"{folder}: not a folder (expected one of frames, {', '.join(FRAME_SUFFIXES)})")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
     if not files:
         raise MasksError(f"{folder}: no frames ({', '.join(FRAME_SUFFIXES)}) in this folder")
@@ -49,12 +52,22 @@ def read_frames(folder: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def read_ids(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """(H,W) uint16 object ids of a mask PNG; a 0/255 mask becomes ids 0/1."""
-    ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """(H,W) uint16 object ids of a mask PNG: a palette image's indices (DAVIS), a grey image's values (a 0/255
+    mask becomes ids 0/1), or a colour image's colours, one id each (black 0)."""
+    try:
+        with Image.open(path) as image:
+            ids = np.array(image) if image.mode == "P" else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except (OSError, ValueError):  # PIL's UnidentifiedImageError is an OSError
+        ids = None
     if ids is None:
         raise MasksError(f"{path}: not a readable mask image")
     if ids.ndim == 3:
-        ids = ids[..., 0]
+        colours, index = np.unique(ids[..., :3].reshape(-1, 3), axis=0, return_inverse=True)
+        index = index.reshape(ids.shape[:2])
+        if (colours == colours[:, :1]).all():  # grey stored as colour
+            ids = colours[index, 0]
+        else:  # black, sorted first where present, is the background
+            ids = index + int(colours[0].any())
     if ids.shape != shape:
         raise MasksError(f"{path}: mask is {ids.shape[1]}x{ids.shape[0]}, the frames are {shape[1]}x{shape[0]}")
     if set(np.unique(ids)) <= {0, 255}:

@@ -115,6 +115,11 @@ def test_sam2_backend_errors(episode_inputs, default_config, tiny_sam2, tmp_path
     assert result.returncode == 2 and "does not load" in result.stderr
     result = run({**tiny_sam2, "prompts": [{"camera": "cam9", "object": 1, "box": [0, 0, 10, 10]}]})
     assert result.returncode == 2 and "masks/sam2/prompts/0/camera" in result.stderr and "cam9" in result.stderr
+    for prompt, message in (({"frame": 99, "box": [0, 0, 10, 10]}, "prompts/0/frame': 99, the episode has frames"),
+                            ({"points": [[5, 5], [9, 9]], "point_labels": [1]}, "prompts/0/point_labels': 1 labels"),
+                            ({"box": [0, 0, 10, 500]}, "prompts/0/box': (10, 500) lies outside")):
+        result = run({**tiny_sam2, "prompts": [{"camera": "cam1", "object": 1, **prompt}]})
+        assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not out.exists() and not list(tmp_path.glob("masks.zarr.partial*"))
 
 
@@ -131,7 +136,7 @@ def test_sam2_backend_with_prompts_from_the_config(episode_inputs, default_confi
     ids = open_artifact(out, "masks")["ids"][:]
     assert not ids[[0, 2, 3]].any()  # only cam1 was prompted
     assert set(np.unique(ids[1])) <= {0, 3, 5}
-    assert open_artifact(out, "masks").attrs["n_objects"] == 2
+    assert open_artifact(out, "masks").attrs["n_objects"] == 5  # ids 1..5, of which 3 and 5 prompted
 
 
 @pytest.mark.slow
@@ -167,6 +172,32 @@ def test_video_propagation_on_davis(tiny_sam2, default_config, tmp_path):
 
 def test_video_masks_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = run_module("pipeline.video_masks", "--frames", str(tmp_path / "empty"), "--first-mask",
-                        str(tmp_path / "m.png"), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and "no frames" in result.stderr and str(tmp_path / "empty") in result.stderr
+    for folder, message in (("empty", "no frames"), ("missing", "not a folder")):
+        result = run_module("pipeline.video_masks", "--frames", str(tmp_path / folder), "--first-mask",
+                            str(tmp_path / "m.png"), "--out", str(tmp_path / "out"))
+        assert result.returncode == 2 and message in result.stderr and str(tmp_path / folder) in result.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_read_ids_of_palette_grey_and_colour_masks(tmp_path):
+    """DAVIS stores ids as palette indices (objects 1 and 2 drawn dark red and dark green, both with no
+    blue); grey masks hold the ids themselves (0/255: one object); colour masks one id per colour."""
+    from PIL import Image
+
+    from pipeline.video_masks import read_ids
+
+    ids = np.zeros((4, 6), np.uint8)
+    ids[1, 1:3], ids[2, 3:5] = 1, 2
+    palette = Image.fromarray(ids, mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    palette.save(tmp_path / "palette.png")
+    Image.fromarray(ids * 127).save(tmp_path / "grey.png")
+    Image.fromarray((ids == 1).astype(np.uint8) * 255).save(tmp_path / "binary.png")
+    colours = np.array([[0, 0, 0], [128, 0, 0], [0, 128, 0]], np.uint8)[ids]
+    Image.fromarray(colours).save(tmp_path / "colour.png")
+    assert np.array_equal(read_ids(tmp_path / "palette.png", (4, 6)), ids)
+    assert np.array_equal(read_ids(tmp_path / "grey.png", (4, 6)), ids * 127)
+    assert np.array_equal(read_ids(tmp_path / "binary.png", (4, 6)), (ids == 1).astype(np.uint16))
+    coloured = read_ids(tmp_path / "colour.png", (4, 6))
+    assert set(np.unique(coloured)) == {0, 1, 2} and np.array_equal(coloured > 0, ids > 0)
+    assert len(np.unique(coloured[ids == 1])) == 1 and len(np.unique(coloured[ids == 2])) == 1

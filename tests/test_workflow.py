@@ -54,6 +54,14 @@ def test_bad_config_override_stops_the_workflow():
     assert "colour_gain" in result.stdout + result.stderr
 
 
+def test_sam2_weights_are_an_input_of_the_masks():
+    """New weights at the same path must rerun the masks: the checkpoint is the rule's input (here missing)."""
+    result = _snakemake("-n", "--forceall", "results/bowling/masks/train_0000.zarr", "--config",
+                        "masks={'backend': 'sam2', 'sam2': {'checkpoint': 'checkpoints/not_here.pt'}}")
+    assert result.returncode != 0
+    assert "checkpoints/not_here.pt" in result.stdout + result.stderr
+
+
 def test_only_quality_and_evaluation_rules_read_ground_truth():
     """Stages never see ground truth: any rule whose input names it must be a quality or evaluation rule."""
     readers = set()

@@ -30,6 +30,12 @@ def capture_spec(wildcards):
     return _spec(wildcards.scene, ("rig", "table", "scene"))
 
 
+def sam2_weights(wildcards):
+    """The SAM2 checkpoint where the masks stage reads it: an input, so that new weights rerun the masks."""
+    masks = config["masks"]
+    return [masks["sam2"]["checkpoint"]] if masks["backend"] == "sam2" else []
+
+
 def stage_spec(wildcards, stage):
     """The config section a stage reads, as JSON."""
     return _spec(wildcards.scene, (stage,))

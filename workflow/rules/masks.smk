@@ -6,6 +6,7 @@ rule masks:
         capture=f"{RESULTS}/{{scene}}/capture/{{episode}}.zarr",
         depth=f"{RESULTS}/{{scene}}/depth/{{episode}}.zarr",
         calibration=f"{RESULTS}/{{scene}}/calibration.zarr",
+        weights=sam2_weights,
     output:
         directory(f"{RESULTS}/{{scene}}/masks/{{episode}}.zarr"),
     params:
