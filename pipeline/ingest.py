@@ -262,6 +262,11 @@ def ingest_realsense(cameras: dict[str, str], out: str, scene: str, episode: str
         _check_same({r.camera: [r.intrinsics[stream]["width"], r.intrinsics[stream]["height"]] for r in recs},
                     f"{stream} resolution", cameras)
     grouped = [group_streams(r) for r in recs]
+    for r, g in zip(recs, grouped):
+        if not len(g[0]):
+            spans = ", ".join(f"{s} {f[0][0]:.3f}..{f[-1][0]:.3f} s" for s, f in r.frames.items())
+            raise IngestError(f"camera {r.camera} ({r.path}): no frame set has all its streams within a frame "
+                              f"period of each other (stream times {spans}; are they on one clock?)")
     fps = recs[0].intrinsics["depth" if "depth" in recs[0].frames else "color"]["fps"]
     tol = sync_tolerance_s if sync_tolerance_s is not None else 0.5 / fps
     index = match_cameras([g[0] for g in grouped], tol)
@@ -384,14 +389,19 @@ def _read_intrinsics(path: Path, cameras: list[str]) -> tuple[np.ndarray, np.nda
                               f"{cameras}, found {K.shape}")
         return K.astype(float), np.zeros((len(cameras), 5))
     if path.suffix == ".json":
-        table = json.loads(path.read_text())
+        try:
+            table = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise IngestError(f"{path}: not valid JSON ({e})") from None
         missing = [c for c in cameras if c not in table]
         if missing:
             raise IngestError(f"{path}: no intrinsics for camera(s) {missing}")
+        for c in cameras:
+            if not isinstance(table[c], dict) or np.shape(table[c].get("K")) != (3, 3):
+                raise IngestError(f"{path}: camera {c} needs a 3x3 'K' (and optionally 'dist', up to 5 "
+                                  f"coefficients), found {table[c]!r}")
         K = np.array([table[c]["K"] for c in cameras], dtype=float)
         dist = np.array([np.pad(np.asarray(table[c].get("dist", []), float), (0, 5))[:5] for c in cameras])
-        if K.shape[1:] != (3, 3):
-            raise IngestError(f"{path}: each camera's K must be 3x3")
         return K, dist
     raise IngestError(f"{path}: intrinsics must be a .npy (C, 3, 3) or a .json keyed by camera")
 
@@ -418,6 +428,8 @@ def ingest_images(root: str, cameras: list[str], out: str, color: str, depth: st
     root_path = Path(root)
     if not root_path.is_dir():
         raise IngestError(f"image folder {root} does not exist")
+    if step < 1 or fps <= 0:
+        raise IngestError(f"--frame-step must be at least 1 and --fps positive, got {step} and {fps}")
     patterns = {"color": color, **({"depth": depth} if depth else {})}
     files = {s: {c: _frame_files(root_path, p, c, step) for c in cameras} for s, p in patterns.items()}
     for stream, per_cam in files.items():
@@ -437,6 +449,12 @@ def ingest_images(root: str, cameras: list[str], out: str, color: str, depth: st
     for s in patterns:
         _check_same({c: list(first[s][c].shape[:2]) for c in cameras}, f"{s} resolution",
                     {c: patterns[s].replace("{camera}", c) for c in cameras})
+    if depth and first["depth"][cameras[0]].shape[:2] != first["color"][cameras[0]].shape[:2]:
+        # The depth is taken as registered to the colour camera (its K and pose), pixel for pixel.
+        raise IngestError(f"camera {cameras[0]}: depth images are {first['depth'][cameras[0]].shape[:2]} (H, W), "
+                          f"colour {first['color'][cameras[0]].shape[:2]}; depth must be registered to the colour "
+                          f"camera at its resolution")
+    T_cw = _cam_to_world(root_path, cam_to_world, cameras) if cam_to_world else None
     config = {"root": str(root), "cameras": cameras, "patterns": patterns, "intrinsics": intrinsics, "fps": fps,
               "depth_scale_m": depth_scale_m, "cam_to_world": list(cam_to_world) if cam_to_world else None,
               "frame_step": step}
@@ -466,13 +484,25 @@ def ingest_images(root: str, cameras: list[str], out: str, color: str, depth: st
             put(g, "depth_scale_m", np.full(C, depth_scale_m))
             g["depth"].attrs["depth_scale_m"] = depth_scale_m
             put(g, "T_color_depth", np.tile(np.eye(4), (C, 1, 1)), {"maps": "depth frame -> colour frame"})
-        if cam_to_world:
-            R, t = (np.load(root_path / p) for p in cam_to_world)
-            if R.shape != (C, 3, 3) or t.reshape(C, -1).shape != (C, 3):
-                raise IngestError(f"{cam_to_world}: expected rotations ({C}, 3, 3) and translations ({C}, 3), "
-                                  f"found {R.shape} and {t.shape}")
-            T_cw = np.stack([invert_T(make_T(R[c], t.reshape(C, 3)[c])) for c in range(C)])
+        if T_cw is not None:
             put(g, "T_cw_color", T_cw, {"maps": "world -> colour frame", "source": "the lab's own calibration"})
+
+
+def _cam_to_world(root: Path, files: tuple[str, str], cameras: list[str]) -> np.ndarray:
+    """(C,4,4) world-to-camera poses from two .npy files under ``root``: camera-to-world rotations (C,3,3)
+    and translations (C,3) in metres, in ``cameras`` order."""
+    arrays = []
+    for name in files:
+        try:
+            arrays.append(np.load(root / name))
+        except (OSError, ValueError) as e:
+            raise IngestError(f"--cam-to-world: {root / name} does not load as a .npy array ({e})") from None
+    R, t = arrays
+    C = len(cameras)
+    if R.shape != (C, 3, 3) or t.size != C * 3:
+        raise IngestError(f"--cam-to-world {files[0]} {files[1]}: expected rotations ({C}, 3, 3) and translations "
+                          f"({C}, 3) for cameras {cameras}, found {R.shape} and {t.shape}")
+    return np.stack([invert_T(make_T(R[c], t.reshape(C, 3)[c])) for c in range(C)])
 
 
 # -- command line ----------------------------------------------------------------------------------

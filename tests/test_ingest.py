@@ -94,6 +94,26 @@ def test_cameras_with_different_resolutions_are_refused(recordings, tmp_path):
     assert "resolution" in result.stderr and "c1" in result.stderr and "[80, 60]" in result.stderr
 
 
+def test_camera_whose_streams_never_meet_is_named(monkeypatch, tmp_path):
+    """Colour stamped on another clock than depth (100 s apart): not one frame set within the camera."""
+    import pipeline.ingest as ingest
+
+    def recording(camera, colour_offset_s):
+        times = np.arange(10) / 30
+        rec = ingest.Recording(camera, f"/data/{camera}.bag", "D455",
+                               {s: {"fps": 30, "width": 2, "height": 2} for s in ("depth", "color")})
+        rec.frames = {"depth": [(t, i, np.zeros((2, 2), np.uint16)) for i, t in enumerate(times)],
+                      "color": [(t + colour_offset_s, i, np.zeros((2, 2, 3), np.uint8)) for i, t in enumerate(times)]}
+        return rec
+
+    recordings = {"cam0": recording("cam0", 100.0), "cam1": recording("cam1", 0.0)}
+    monkeypatch.setattr(ingest, "read_recording", lambda camera, path: recordings[camera])
+    out = tmp_path / "cap.zarr"
+    with pytest.raises(ingest.IngestError, match=r"camera cam0 \(/data/cam0.bag\): no frame set .* color 100.000"):
+        ingest.ingest_realsense({c: f"/data/{c}.bag" for c in recordings}, str(out), "lab", "test_0000", "test")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty", "missing", "garbage"])
 def test_broken_recordings_name_the_camera_and_file(recordings, tmp_path, damage):
     bad = tmp_path / "bad.db3"
@@ -131,7 +151,7 @@ def test_image_folder_of_a_real_four_realsense_capture(tmp_path):
     np.testing.assert_allclose(T_wc[:3, 3], t[1], atol=1e-9)
 
 
-def _image_folder(root, cameras=("a", "b"), frames=3, depth_dtype=np.uint16, skip=None):
+def _image_folder(root, cameras=("a", "b"), frames=3, depth_dtype=np.uint16, skip=None, depth_size=(30, 40)):
     for cam in cameras:
         for f in range(frames):
             if skip == (cam, f):
@@ -139,14 +159,14 @@ def _image_folder(root, cameras=("a", "b"), frames=3, depth_dtype=np.uint16, ski
             (root / "color" / cam).mkdir(parents=True, exist_ok=True)
             (root / "depth" / cam).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(root / "color" / cam / f"{f:06d}.png"), np.full((30, 40, 3), 10 * f, np.uint8))
-            cv2.imwrite(str(root / "depth" / cam / f"{f:06d}.png"), np.full((30, 40), (500 + f) % np.iinfo(depth_dtype).max, depth_dtype))
+            cv2.imwrite(str(root / "depth" / cam / f"{f:06d}.png"), np.full(depth_size, (500 + f) % np.iinfo(depth_dtype).max, depth_dtype))
     K = {"K": [[50, 0, 20], [0, 50, 15], [0, 0, 1]], "dist": [0.1, -0.05]}
     (root / "intrinsics.json").write_text(json.dumps({cam: K for cam in cameras}))
 
 
-def _ingest_images(root, out):
+def _ingest_images(root, out, *extra):
     return run_module("pipeline.ingest", "images", str(root), "--cameras", "a", "b",
-                      "--depth", "depth/{camera}/{frame}.png", "--out", str(out))
+                      "--depth", "depth/{camera}/{frame}.png", "--out", str(out), *extra)
 
 
 def test_image_folder_with_depth(tmp_path):
@@ -165,14 +185,34 @@ def test_image_folder_with_depth(tmp_path):
     ("missing-frame", "frame count"),
     ("8-bit-depth", "16-bit"),
     ("no-intrinsics", "intrinsics.json"),
+    ("intrinsics-not-json", "intrinsics.json: not valid JSON"),
+    ("intrinsics-without-K", "camera b needs a 3x3 'K'"),
+    ("depth-at-half-size", "depth images are (15, 20) (H, W), colour (30, 40)"),
+    ("frame-step-0", "--frame-step must be at least 1"),
+    ("missing-pose-file", "t.npy does not load"),
+    ("short-translations", "expected rotations (2, 3, 3) and translations (2, 3)"),
 ])
 def test_bad_image_folders(tmp_path, problem, expected):
     root = tmp_path / "lab"
     _image_folder(root, skip=("b", 1) if problem == "missing-frame" else None,
-                  depth_dtype=np.uint8 if problem == "8-bit-depth" else np.uint16)
+                  depth_dtype=np.uint8 if problem == "8-bit-depth" else np.uint16,
+                  depth_size=(15, 20) if problem == "depth-at-half-size" else (30, 40))
+    extra = []
     if problem == "no-intrinsics":
         (root / "intrinsics.json").unlink()
+    elif problem == "intrinsics-not-json":
+        (root / "intrinsics.json").write_text('{"a": {"K": ')
+    elif problem == "intrinsics-without-K":
+        table = json.loads((root / "intrinsics.json").read_text())
+        (root / "intrinsics.json").write_text(json.dumps({**table, "b": {"k": table["b"]["K"]}}))
+    elif problem == "frame-step-0":
+        extra = ["--frame-step", "0"]
+    elif problem in ("missing-pose-file", "short-translations"):
+        np.save(root / "R.npy", np.tile(np.eye(3), (2, 1, 1)))
+        if problem == "short-translations":
+            np.save(root / "t.npy", np.zeros(5))
+        extra = ["--cam-to-world", "R.npy", "t.npy"]
     out = tmp_path / "cap.zarr"
-    result = _ingest_images(root, out)
-    assert result.returncode != 0 and expected in result.stderr and "Traceback" not in result.stderr
-    assert not out.exists()
+    result = _ingest_images(root, out, *extra)
+    assert result.returncode != 0 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists() and not list(tmp_path.glob("cap.zarr.partial*"))
