@@ -98,15 +98,16 @@ def project(K: np.ndarray, dist: np.ndarray, p_cam: np.ndarray) -> np.ndarray:
     return np.stack([K[..., 0, 0] * xd + K[..., 0, 2], K[..., 1, 1] * yd + K[..., 1, 2]], axis=-1)
 
 
-def estimate_intrinsics(obs: Observations, corners3d: np.ndarray, C: int, size: tuple[int, int]):
-    """(C,3,3) K and (C,5) distortion per camera from its board views (cv2.calibrateCamera)."""
+def estimate_intrinsics(obs: Observations, corners3d: np.ndarray, names: list[str], size: tuple[int, int]):
+    """(C,3,3) K and (C,5) distortion per camera (``names``) from its board views (cv2.calibrateCamera)."""
     Ks, dists = [], []
-    for c in range(C):
+    for c, name in enumerate(names):
         frames = np.unique(obs.frame[obs.camera == c])
         obj = [corners3d[obs.corner[(obs.camera == c) & (obs.frame == t)]].astype(np.float32) for t in frames]
         img = [obs.uv[(obs.camera == c) & (obs.frame == t)].astype(np.float32) for t in frames]
         if len(frames) < 3:
-            raise CalibrationError(f"camera {c}: {len(frames)} board views are too few to estimate intrinsics (need 3)")
+            raise CalibrationError(f"camera {name}: {len(frames)} board views are too few to estimate intrinsics "
+                                   f"(need 3)")
         _, K, dist, _, _ = cv2.calibrateCamera(obj, img, size, None, None)
         Ks.append(K)
         dists.append(np.ravel(dist)[:5])
@@ -245,7 +246,7 @@ def calibrate(color, K, dist, board_cfg: dict, names: list[str], intrinsics: str
                 f"camera {names[c]} never sees the board: 0 of {T} frames had {MIN_CORNERS} or more ChArUco corners "
                 f"(corners found per frame: {counts[c].tolist()})")
     if intrinsics == "estimate":
-        K, dist = estimate_intrinsics(obs, corners3d, C, (color.shape[3], color.shape[2]))
+        K, dist = estimate_intrinsics(obs, corners3d, names, (color.shape[3], color.shape[2]))
     poses = board_poses(obs, corners3d, K, dist, C, T)
     if anchor_frame is None:
         seen = np.array([sum((c, t) in poses for c in range(C)) for t in range(T)])
@@ -332,10 +333,15 @@ def main(argv=None) -> int:
     try:
         if args.board:
             with open(args.board) as f:
-                board = validate_section(yaml.safe_load(f), "calibration/board", args.board)
+                try:
+                    board = validate_section(yaml.safe_load(f), "calibration/board", args.board)
+                except yaml.YAMLError as e:
+                    raise ConfigError(f"{args.board}: not valid YAML ({e})") from None
             intrinsics, scene = args.intrinsics or "recording", None
         else:
             spec = read_scene_spec(args.config, args.scene, args.spec)
+            if "calibration" not in spec:
+                raise ConfigError("the spec has no calibration section")
             board, intrinsics, scene = spec["calibration"]["board"], spec["calibration"]["intrinsics"], spec["name"]
         result = write_calibration(args.capture, board, intrinsics, args.anchor, args.out, scene)
     except (OSError, ConfigError, ArtifactError, CalibrationError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .config import ConfigError
 from .geometry import make_T
 
 MIN_CORNERS = 6  # fewer corners do not fix a board pose reliably
@@ -21,10 +22,16 @@ def board_thickness(board_cfg: dict) -> float:
 
 
 def make_board(board_cfg: dict) -> cv2.aruco.CharucoBoard:
-    try:
-        dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, board_cfg["dictionary"]))
-    except AttributeError as e:
-        raise ValueError(f"unknown ArUco dictionary {board_cfg['dictionary']!r}") from e
+    """The OpenCV board of a ``calibration/board`` config section; ConfigError where OpenCV has no such
+    dictionary or the markers do not fit in their squares."""
+    name = board_cfg["dictionary"]
+    if not isinstance(getattr(cv2.aruco, name, None), int):
+        raise ConfigError(f"config key 'calibration/board/dictionary': OpenCV has no ArUco dictionary {name!r} "
+                          f"(names such as DICT_4X4_50, DICT_5X5_100)")
+    if not board_cfg["marker_m"] < board_cfg["square_m"]:
+        raise ConfigError(f"config key 'calibration/board/marker_m': {board_cfg['marker_m']} m markers do not fit "
+                          f"in {board_cfg['square_m']} m squares")
+    dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, name))
     return cv2.aruco.CharucoBoard(tuple(board_cfg["squares"]), board_cfg["square_m"], board_cfg["marker_m"],
                                   dictionary)
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.artifact import open_artifact
+from pipeline.artifact import ArtifactError, open_artifact
 from pipeline.calibration import CalibrationError, calibrate, project
 from pipeline.capture import write_episode
 from pipeline.charuco import T_world_board_on_table
@@ -56,6 +56,12 @@ def test_default_rig_meets_the_bar(calibrated, sequence):
     for key in ("T_cw_depth", "T_cw_irright"):
         rot, trans = pose_errors(cal[key][1], gt[key][1])
         assert rot < 0.2 and trans < 3
+
+
+def test_quality_refuses_ground_truth_of_other_cameras(calibrated):
+    three = {"T_cw_color": np.tile(np.eye(4), (3, 1, 1))}
+    with pytest.raises(ArtifactError, match=r"the calibration has 4 cameras .* the ground truth 3"):
+        rows_against_gt(open_artifact(calibrated, "calibration"), three)
 
 
 def test_the_world_is_anchored_where_the_capture_put_the_board(sequence):
@@ -110,6 +116,15 @@ def test_bad_inputs_exit_non_zero(tmp_path, sequence):
                         str(tmp_path / "board.yaml"), "--out", str(tmp_path / "cal.zarr"))
     assert result.returncode != 0 and "marker_m" in result.stderr
     assert not (tmp_path / "cal.zarr").exists()
+    board = "squares: [4, 5]\nsquare_m: 0.05\nmarker_m: 0.04\ndictionary: DICT_4X4_50\nthickness_m: 0.001\n"
+    for text, message in ((board.replace("DICT_4X4_50", "DICT_4x4_50"), "no ArUco dictionary 'DICT_4x4_50'"),
+                          (board.replace("0.04", "0.06"), "0.06 m markers do not fit in 0.05 m squares"),
+                          (board.replace("[4, 5]", "[4, 5"), "board.yaml: not valid YAML")):
+        (tmp_path / "board.yaml").write_text(text)
+        result = run_module("pipeline.calibration", "--capture", str(sequence[0]), "--board",
+                            str(tmp_path / "board.yaml"), "--out", str(tmp_path / "cal.zarr"))
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "cal.zarr").exists()
 
 
 def test_real_four_camera_charuco_videos_against_their_reference(tmp_path):

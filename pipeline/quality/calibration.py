@@ -60,6 +60,8 @@ def read_caliscope(path: str, names: list[str]) -> np.ndarray:
 def rows_against_gt(cal, gt) -> list[dict]:
     names = list(cal.attrs["camera_names"])
     T_est, T_gt = cal["T_cw_color"][:], gt["T_cw_color"][:]
+    if len(T_est) != len(T_gt):
+        raise ArtifactError(f"the calibration has {len(T_est)} cameras {names}, the ground truth {len(T_gt)}")
     rms = cal["reproj_rms_px"][:]
     counts = cal["n_corners"][:]
     rows, rots, transs = [], [], []
