@@ -51,6 +51,8 @@ def write_depth(capture_path: str, method: str, params: MatcherParams, out: str)
     if "T_color_depth" not in cap:
         raise DepthError(f"{capture_path}: no depth-to-colour extrinsics (T_color_depth) to register depth with")
     C, T, H, W = cap["color"].shape[:4]
+    if C == 0 or T == 0:
+        raise DepthError(f"{capture_path}: {C} cameras and {T} frames of colour; nothing to compute depth for")
     K_color, K_depth = cap["K_color"][:], cap["K_depth"][:]
     T_color_depth = cap["T_color_depth"][:]
     depth_scale = cap["depth_scale_m"][:] if method == "sensor" else None

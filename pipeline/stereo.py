@@ -35,8 +35,9 @@ class MatcherParams:
 
     def nearest_depth_m(self, focal_px: float, baseline_m: float) -> float:
         """Nearest depth the search range reaches: nearer, the disparity leaves it and the pixel takes the
-        background's."""
-        return focal_px * baseline_m / (self.min_disparity + self.num_disparities)
+        background's. StereoSGBM's largest disparity is min + num - 1 of the pixels it matches in (the
+        original ones over ``upsample``)."""
+        return focal_px * baseline_m / (self.min_disparity + self.num_disparities - 1 / self.upsample)
 
 
 def match(left: np.ndarray, right: np.ndarray, p: MatcherParams) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,25 @@ def test_subpixel_disparity_of_a_shifted_random_dot_pair(default_config):
     assert abs(np.median(inner) - shift) < 0.25
 
 
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_the_nearest_depth_is_the_largest_disparity_matched(default_config, upsample):
+    """A plane at the largest disparity the range holds (min + num - 1 matched pixels) is found; one a
+    pixel nearer is not: ``nearest_depth_m`` is where the range ends."""
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (60, 200)).astype(np.float32), (0, 0), 1.0)
+    params = _params(default_config, num_disparities=16, min_disparity=3, upsample=upsample)
+    largest = params.min_disparity + params.num_disparities - 1 / upsample
+    assert params.nearest_depth_m(focal_px=100.0, baseline_m=0.05) == pytest.approx(100.0 * 0.05 / largest)
+    found = []
+    for d in (largest, largest + 1):
+        xs = np.arange(40, 160, dtype=np.float32) + d  # right(x - d) = left(x)
+        right = cv2.remap(texture, np.tile(xs, (60, 1)), np.tile(np.arange(60, dtype=np.float32)[:, None], (1, 120)),
+                          cv2.INTER_CUBIC)
+        disparity, matched = match(texture[:, 40:160].astype(np.uint8), right.astype(np.uint8), params)
+        found.append(np.mean(matched[5:-5, 30:-5] & (np.abs(disparity[5:-5, 30:-5] - d) < 0.5)))
+    assert found[0] > 0.9 and found[1] < 0.1, found
+
+
 def _box_over_plane_pair(box, d_near=24, d_far=10, shape=(80, 200)):
     """A random-dot rectified pair (uint8 left, right) of a fronto-parallel box (rows y0:y1, left-image
     columns x0:x1, disparity ``d_near``) in front of a plane (``d_far``), and the true left disparity."""
@@ -161,6 +180,11 @@ def test_bad_depth_inputs(bowling_episode, default_config, tmp_path):
     _capture_copy(bowling_episode[0], blank, lambda a: a["depth"].__setitem__(slice(None), 0))
     with pytest.raises(DepthError, match="no camera has valid depth"):
         write_depth(str(blank), "sensor", params, str(tmp_path / "d.zarr"))
+    no_frames = tmp_path / "no_frames.zarr"
+    _capture_copy(bowling_episode[0], no_frames, lambda a: a.update(
+        {k: a[k][:, :0] for k in ("color", "depth", "ir_left", "ir_right", "timestamps")}))
+    with pytest.raises(DepthError, match=f"{no_frames}: 4 cameras and 0 frames"):
+        write_depth(str(no_frames), "stereo", params, str(tmp_path / "d.zarr"))
     assert not (tmp_path / "d.zarr").exists()
     result = run_module("pipeline.depth", "--capture", str(blank), "--spec", json.dumps(
         {"name": "bowling", "depth": {"method": "sensor", "matcher": {"num_disparities": 40}}}),
