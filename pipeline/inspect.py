@@ -7,6 +7,7 @@ first, middle and last frame) and a ground truth gives instance ids and true dep
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,8 @@ from scipy import ndimage
 
 from .artifact import SCHEMAS, ArtifactError, open_artifact
 from .geometry import project
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 MAX_RANGE_BYTES = 256 * 2**20
 
@@ -207,6 +210,8 @@ def contact_sheet(group: zarr.Group) -> np.ndarray:
         names = group.attrs["camera_names"]
     else:
         raise ArtifactError(f"no picture is defined for schema {schema!r}")
+    if C == 0 or T == 0:
+        raise ArtifactError(f"{C} cameras and {T} frames: nothing to draw")
     frames = sorted(set([0, T // 2, T - 1]))
     rows = []
     for c in range(C):
@@ -224,6 +229,19 @@ def inspect(path: str, png: str | None = None) -> str:
         group = open_artifact(path, schema)  # checks version and completeness
     text = "\n".join([f"{path}/"] + tree(group, "    "))
     if png:
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(png, contact_sheet(group)[..., ::-1])
+        png = Path(png)
+        if png.suffix.lower() not in PICTURE_SUFFIXES:
+            raise ArtifactError(f"{png}: a picture is written as {', '.join(PICTURE_SUFFIXES)}")
+        if png.is_dir():
+            raise ArtifactError(f"{png} is a folder; name the picture file")
+        try:
+            sheet = contact_sheet(group)
+        except ArtifactError as e:
+            raise ArtifactError(f"{path}: {e}") from None
+        png.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the picture, then renamed: a killed run leaves no half-written picture.
+        tmp = png.with_name(f"{png.name}.partial-{os.getpid()}{png.suffix}")
+        if not cv2.imwrite(str(tmp), sheet[..., ::-1]):
+            raise ArtifactError(f"{png}: OpenCV could not write the picture")
+        os.replace(tmp, png)
     return text

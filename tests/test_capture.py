@@ -169,8 +169,13 @@ def test_inspect_prints_the_tree_and_draws_the_contact_sheet(bowling_episode, tm
     sheet = cv2.imread(str(png))
     assert sheet.shape[0] == 4 * 120 and sheet.shape[1] == 3 * 3 * 160  # cameras x (frames x colour/depth/IR)
     assert sheet.std() > 10
+    assert not list(tmp_path.glob("*.partial*"))
     result = run_module("pipeline", "inspect", str(tmp_path / "missing.zarr"))
     assert result.returncode != 0 and "missing.zarr" in result.stderr
+    (tmp_path / "folder.png").mkdir()
+    for target, message in (("sheet.xyz", "a picture is written as .png"), ("folder.png", "is a folder")):
+        result = run_module("pipeline", "inspect", str(bowling_episode[0]), "--png", str(tmp_path / target))
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def test_the_readme_scene_example_needs_no_code(small_config, tmp_path):
