@@ -62,8 +62,15 @@ def test_constraints_pin_every_dependency_within_its_range():
 
 
 def test_every_env_installs_with_the_constraints():
+    """Snakemake copies an env file under .snakemake/conda/ before conda reads it, so a path in it would not
+    name the checkout's file: the env's post-deploy script, run from the checkout, pins it to constraints.txt
+    and installs the package."""
     for path in sorted((ROOT / "envs").glob("*.yaml")):
-        assert "-c ../constraints.txt" in _pip_lines(path), f"{path.name}: pip section does not use -c ../constraints.txt"
+        options = [line for line in _pip_lines(path) if line.startswith("-")]
+        assert not options, f"{path.name}: pip options {options} would be read relative to .snakemake/conda/"
+        script = path.with_name(f"{path.stem}.post-deploy.sh")
+        assert script.is_file(), f"{path.name}: no {script.name}"
+        assert "pip install -q -c constraints.txt -e ." in script.read_text(), f"{script.name} does not pin the env"
 
 
 def test_every_rule_names_an_existing_env():
