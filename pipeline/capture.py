@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .artifact import ArtifactWriter, frame_array, put
 from .charuco import T_world_board_on_table, board_thickness, make_board
-from .config import ConfigError, EPISODE_SPLITS, episode_names, read_scene_spec, split_of
+from .config import ConfigError, EPISODE_SPLITS, config_hash, episode_names, read_scene_spec, split_of
 from .geometry import invert_T, make_T
 from .realsense import build_rig, render_unit
 from .render import RenderObject, Table
@@ -28,6 +28,15 @@ from .shapes import Box, Part, Shape
 from .sim import build_objects, sample_initial_state, simulate
 
 CALIBRATION = "calibration"
+
+
+def unit_config(spec: dict) -> dict:
+    """The part of a scene spec that a real recording would report too, for the capture artifact: the
+    cameras' names and their streams' settings. Where the cameras stand, the scene, the table and the
+    seeds (which would regenerate the ground truth) go into the ground-truth artifact only."""
+    rig = spec["rig"]
+    return {"name": spec["name"], "rig": {"cameras": [{"name": c["name"]} for c in rig["cameras"]],
+                                          **{k: rig[k] for k in ("color", "depth", "projector")}}}
 SURFACE_POINTS = 2000
 
 
@@ -131,7 +140,8 @@ def write_episode(spec: dict, episode: str, capture_path: str, gt_path: str) -> 
                  "device": "simulated Intel RealSense D455", "fps": fps, "camera_names": [u.name for u in rig],
                  "streams": ["color", "depth", "ir_left", "ir_right"]}
     config = {k: spec[k] for k in ("name", "rig", "table", CALIBRATION if is_calib else "scene")}
-    with ArtifactWriter(capture_path, "capture", "capture", config, **cap_attrs) as cap, \
+    with ArtifactWriter(capture_path, "capture", "capture", unit_config(spec), **cap_attrs,
+                        generator_config_hash=config_hash(config)) as cap, \
             ArtifactWriter(gt_path, "groundtruth", "capture", config, **common,
                            sequence=cap_attrs["sequence"], object_names=names, object_groups=groups) as gt:
         img = _create_image_arrays(cap, [("color", ("c", 3), "uint8"), ("depth", ("d",), "uint16"),
