@@ -92,16 +92,21 @@ def demo_figures(d: dict, g: dict) -> dict:
 
 
 def tracking_per_frame(results: Path) -> dict:
-    rows = []
+    """Seconds per tracked frame of each bowling episode in ``results``: its Snakemake benchmark's wall time
+    over the frames its tracking artifact tracked (all but the first)."""
+    import zarr
+
+    rows, frames = [], {}
     for path in sorted((results / "bowling" / "benchmarks" / "tracking").glob("*.tsv")):
+        artifact = results / "bowling" / "tracking" / f"{path.stem}.zarr"
+        if not artifact.exists():
+            continue
         with open(path) as f:
             rows.append((path.stem, float(next(csv.DictReader(f, delimiter="\t"))["s"])))
+        frames[path.stem] = zarr.open_group(str(artifact), mode="r")["means"].shape[0]
     if not rows:
         return {}
-    import yaml
-
-    frames = yaml.safe_load((ROOT / "config.yaml").read_text())["scenes"]["bowling"]["frames"]
-    per_frame = [s / (frames - 1) for _, s in rows]
+    per_frame = [s / (frames[episode] - 1) for episode, s in rows]
     return {"tracking_s_per_frame": statistics.median(per_frame), "episodes": dict(rows), "frames": frames,
             "note": "whole stage wall time (first-frame fit included) over the tracked frames"}
 

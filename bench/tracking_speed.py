@@ -105,7 +105,7 @@ def main() -> int:
     runs, errors = [], []
     for frame in range(args.frames + 1):
         motion = {}
-        for k, c in enumerate(centres, start=1):  # up to 3 mm and 2 degrees about the ball's centre
+        for k, c in enumerate(centres, start=1):  # about the centre: 1.2 deg s.d. per axis, up to 3 mm per axis
             R = Rotation.from_rotvec(rng.normal(size=3) * np.radians(1.2)).as_matrix()
             step = rng.uniform(-0.003, 0.003, 3)
             motion[k] = np.eye(4)
