@@ -298,7 +298,7 @@ class Shape:
 
     # -- mass properties -------------------------------------------------------------------------
     def _grid(self, n=48):
-        """Regular (n^3, 3) grid over the shape's bounding box, and the volume of one cell."""
+        """Regular (n^3, 3) grid of cell centres over the shape's bounding box."""
         lo = np.full(3, np.inf)
         hi = np.full(3, -np.inf)
         for part in self.parts:
@@ -307,13 +307,11 @@ class Shape:
             corners = corners @ part.T[:3, :3].T + part.T[:3, 3]
             lo, hi = np.minimum(lo, corners.min(0)), np.maximum(hi, corners.max(0))
         axes = [np.linspace(lo[i], hi[i], n + 1)[:-1] + (hi[i] - lo[i]) / (2 * n) for i in range(3)]  # cell centres
-        g = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        return g, np.prod((hi - lo) / n)
+        return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
     def _mass_properties(self, move: bool):
-        g, cell = self._grid()
+        g = self._grid()
         inside = g[self.sdf(g) < 0]
-        self.volume = len(inside) * cell
         com = inside.mean(axis=0) if move else np.zeros(3)
         for part in self.parts:
             part.T = part.T.copy()

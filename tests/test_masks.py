@@ -266,10 +266,11 @@ def test_a_partial_view_of_a_surface_of_revolution_is_completed_and_a_box_is_not
     box += np.sign(rng.uniform(-1, 1, (3000, 3))) * [0.02, 0.03, 0.04] * (box == 0)
     ring, share = revolved_points(box, point_normals(box, 40), 0.002, 0.0015, 0.6)
     assert share < 0.6 and len(ring) == 0
-    # A flat patch (all normals parallel) is a disc about any normal line: whatever it adds lies in its plane.
+    # A flat patch (all normals parallel) fits no axis: its share (0.27-0.37 over seeds) is under the threshold
+    # and nothing is added; with no threshold the rings would stand up to 3 cm out of its plane.
     patch = np.concatenate([rng.uniform(-0.02, 0.02, (500, 2)), np.zeros((500, 1))], axis=1)
-    ring, _ = revolved_points(patch, point_normals(patch, 40), 0.002, 0.0015, 0.6)
-    assert np.abs(ring[:, 2]).max(initial=0) < 1e-6
+    ring, share = revolved_points(patch, point_normals(patch, 40), 0.002, 0.0015, 0.6)
+    assert share < 0.5 and len(ring) == 0
 
 
 def test_a_completed_model_is_tracked_onto_the_side_its_first_frame_hid():
