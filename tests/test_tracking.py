@@ -20,9 +20,9 @@ from pipeline.labels import robust_motion
 from pipeline.quality.ids import id_figures
 from pipeline.quality.labels import label_figures
 from pipeline.quality.tracking import tracking_figures
-from pipeline.tracking import (BALL_STIFFNESS, NORMAL_NEIGHBOURS, ObjectPoses, TrackingError, _icp, _icp_plane,
-                               background_images, box_axes, fit_sphere, lay_flat, mask_interior, ordered_sum,
-                               turn_stiffness, write_tracking)
+from pipeline.tracking import (BALL_STIFFNESS, NORMAL_NEIGHBOURS, SPIN_RATIO, ObjectPoses, TrackingError, _icp,
+                               _icp_plane, background_images, box_axes, fit_sphere, lay_flat, mask_interior,
+                               ordered_sum, swing, turn_stiffness, weakest_turn, without_spin, write_tracking)
 
 from .conftest import run_module, torch_threads
 from .test_masks import _calibration_from
@@ -60,7 +60,7 @@ PREALIGN = {"prealign_radius_m": 0.03, "prealign_plane_radius_m": 0.01, "prealig
             "prealign_min_share": 0.25, "prealign_normal_deg": 45.0, "prealign_hold": 40.0,
             "prealign_shift_turn_deg": 1.0, "prealign_shift_max_deg": 5.0, "prealign_shift_hold": 160.0,
             "prealign_roll": True, "prealign_roll_gap_m": 0.005, "prealign_flat": True, "prealign_flat_deg": 5.0,
-            "prealign_flat_gap_m": 0.02}
+            "prealign_flat_gap_m": 0.02, "prealign_spin": True}
 
 
 def _box_faces(rng, n):
@@ -205,6 +205,59 @@ def test_object_poses_roll_a_ball_along_its_shift():
     rolled = Rotation.from_rotvec([0.0, 0.036 / r, 0.0]).as_matrix()
     assert rotation_angle_deg(poses.poses[1][:3, :3], rolled) < 1.5
     assert not ObjectPoses({1: _ball_cap(rng, 1500, r)}, {**PREALIGN, "prealign_roll": False}).balls
+
+
+def _pin_surface(rng, n):
+    """(n,3) points all round a pin-like surface of revolution (radius 20-30 mm along 10 cm of the z axis
+    through (0.01, 0.02, 0)), with 0.2 mm noise."""
+    h = rng.uniform(0.0, 0.1, n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    radius = 0.025 + 0.005 * np.sin(h * 60)
+    return np.column_stack([0.01 + radius * np.cos(angle), 0.02 + radius * np.sin(angle), h]) \
+        + rng.normal(0, 0.0002, (n, 3))
+
+
+def test_the_spin_axis_of_a_solid_of_revolution():
+    """A pin's weakest turn is its spin, far weaker than the next (a box's are alike): its axis is found,
+    direction and place; ``without_spin`` keeps the axis where a pose puts it and takes the spin out."""
+    rng = np.random.default_rng(12)
+    pin, box = _pin_surface(rng, 3000), _box_faces(rng, 1500)
+    ratio, axis, point = weakest_turn(pin, normals(pin))
+    assert ratio > 2 * SPIN_RATIO and weakest_turn(box, normals(box))[0] < SPIN_RATIO
+    assert abs(axis[2]) > np.cos(np.radians(1))
+    assert np.linalg.norm((point - [0.01, 0.02, 0.0])[:2] - point[2] * axis[:2] / axis[2]) < 5e-4
+    last = make_T(Rotation.from_euler("y", 30, degrees=True).as_matrix(), [0.05, 0.0, 0.0])
+    tip = Rotation.from_euler("x", 20, degrees=True).as_matrix()  # the axis swings by 20 degrees ...
+    spin = Rotation.from_rotvec(np.radians(70) * axis).as_matrix()  # ... while the pose spins 70 about it
+    pose = make_T(tip @ last[:3, :3] @ spin, [0.06, 0.01, 0.0])
+    out = without_spin(pose, last, axis, point)
+    assert np.allclose(out[:3, :3] @ axis, pose[:3, :3] @ axis)  # the axis where the pose puts it
+    assert np.allclose(transform_points(out, point[None]), transform_points(pose, point[None]))
+    turn = out[:3, :3] @ last[:3, :3].T  # the smallest that carries the axis: as far as the axis moved
+    moved = np.degrees(np.arccos((last[:3, :3] @ axis) @ (pose[:3, :3] @ axis)))
+    assert abs(rotation_angle_deg(turn, np.eye(3)) - moved) < 1e-6 and moved > 15
+    assert abs(Rotation.from_matrix(turn).as_rotvec() @ (last[:3, :3] @ axis)) < 1e-9  # no turn about the axis
+    assert np.allclose(swing(axis, -axis) @ axis, -axis)
+
+
+def test_object_poses_do_not_spin_a_pin():
+    """A sliding pin whose last motion was registered with a spin of 10 degrees (depth cannot tell it from
+    none): without ``prealign_spin`` the constant-velocity prediction carries the spin on, frame after frame;
+    with it the pin keeps its first-frame spin. Either way its axis follows the depth."""
+    rng = np.random.default_rng(13)
+    model = _pin_surface(rng, 3000)
+    turned = {}
+    for spin in (True, False):
+        poses = ObjectPoses({1: model}, {**PREALIGN, "prealign_spin": spin}, {1: model})
+        assert set(poses.spins) == ({1} if spin else set())
+        about = Rotation.from_rotvec([0.0, 0.0, np.radians(10)]).as_matrix()
+        poses.velocity[1] = make_T(about, [0.01, 0.02, 0.0] - about @ [0.01, 0.02, 0.0])
+        for t in range(1, 7):
+            poses.step({1: _pin_surface(rng, 3000) + [0.004 * t, 0, 0]})
+            centre = transform_points(poses.poses[1], np.array([[0.01, 0.02, 0.05]]))[0]
+            assert np.linalg.norm(centre - [0.01 + 0.004 * t, 0.02, 0.05]) < 2e-3, (spin, t)
+        turned[spin] = rotation_angle_deg(poses.poses[1][:3, :3], np.eye(3))
+    assert turned[True] < 0.5 and turned[False] > 30, turned
 
 
 def test_a_box_on_the_table_is_laid_flat():
