@@ -11,7 +11,8 @@ score; the majority over views decides, ties broken by the summed score. Voting 
 ``frame_stride``-th tracked frame and the votes pooled, so a Gaussian hidden at one frame is decided by
 others. A Gaussian whose best score stays below ``min_contribution`` (default 0.001: next to no
 contribution) in every view is background (id 0).
-Soft ids are the summed scores per object, normalised to sum to one.
+Soft ids are the summed scores per object, normalised to sum to one; a background Gaussian's are all 0
+(its scores, under ``min_contribution``, would otherwise name an object its hard id does not).
 
 Artifact: ``ids`` (N,) int32 (0 = background), ``soft_ids`` (N, M) float32 over mask ids 1..M,
 ``votes`` (N, M) int32.
@@ -47,7 +48,7 @@ def vote(scores: np.ndarray, min_contribution: float) -> tuple[np.ndarray, np.nd
     # Majority of votes; among tied masks the larger summed score wins.
     key = votes + total / (total.max(axis=1, keepdims=True) + 1e-12) * 0.5
     ids = np.where(votes.max(axis=1) > 0, key.argmax(axis=1) + 1, 0).astype(np.int32)
-    soft = total / np.maximum(total.sum(axis=1, keepdims=True), 1e-12)
+    soft = np.where((ids > 0)[:, None], total / np.maximum(total.sum(axis=1, keepdims=True), 1e-12), 0.0)
     return ids, votes, soft.astype(np.float32)
 
 

@@ -61,7 +61,9 @@ def fit_motions(means: np.ndarray, ids: np.ndarray, n_objects: int, cfg: dict):
 
 
 def pseudo_labels(means0, quats0, ids, motions):
-    """(T,N,3) positions and (T,N,4) rotations: first-frame Gaussians carried by their object's motion."""
+    """(T,N,3) positions and (T,N,4) rotations: first-frame Gaussians carried by their object's motion. A
+    rotation keeps one quaternion sign along its trajectory (q and -q are one rotation; scipy picks either
+    anew each frame, and 5 % of a bowling episode's frame pairs flipped), so consecutive ones can be compared."""
     T = len(motions)
     pos = np.repeat(means0[None], T, 0).astype(np.float64)
     rot = np.repeat(quats0[None], T, 0).astype(np.float64)
@@ -71,6 +73,8 @@ def pseudo_labels(means0, quats0, ids, motions):
             continue
         for t in range(T):
             pos[t, sel], rot[t, sel] = transform_gaussians(means0[sel], quats0[sel], motions[t, k - 1])
+    for t in range(1, T):
+        rot[t][np.einsum("ni,ni->n", rot[t], rot[t - 1]) < 0] *= -1
     return pos.astype(np.float32), rot.astype(np.float32)
 
 

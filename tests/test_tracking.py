@@ -16,7 +16,7 @@ from pipeline.artifact import open_artifact
 from pipeline.geometry import make_T, point_normals, rotation_angle_deg, transform_points
 from pipeline.ids import vote
 from pipeline.inspect import inspect
-from pipeline.labels import robust_motion
+from pipeline.labels import pseudo_labels, robust_motion
 from pipeline.quality.ids import id_figures
 from pipeline.quality.labels import label_figures
 from pipeline.quality.tracking import tracking_figures
@@ -43,6 +43,22 @@ def test_vote_majority_ties_and_background():
     assert ids.tolist() == [1, 1, 0, 2]
     assert votes[0].tolist() == [2, 1] and votes[2].sum() == 0
     np.testing.assert_allclose(soft[:2].sum(1), 1, rtol=1e-6)
+    assert not soft[2].any()  # background: its small scores name no object
+
+
+def test_pseudo_label_rotations_keep_their_sign():
+    """An object turning 40 degrees a frame about z for 9 frames (past a half turn from frame 0): each
+    Gaussian's quaternions keep one sign from frame to frame and give the carried rotation."""
+    rng = np.random.default_rng(3)
+    means0, quats0 = rng.normal(0, 0.02, (5, 3)), Rotation.random(5, random_state=4).as_quat()
+    motions = np.stack([make_T(Rotation.from_rotvec([0, 0, np.radians(40 * t)]).as_matrix(), [0.01 * t, 0, 0])
+                        for t in range(10)])[:, None]
+    pos, rot = pseudo_labels(means0, quats0, np.ones(5, int), motions)
+    assert (np.einsum("tni,tni->tn", rot[1:], rot[:-1]) > 0).all()
+    for t in (0, 5, 9):
+        expected = Rotation.from_matrix(motions[t, 0, :3, :3]) * Rotation.from_quat(quats0)
+        assert (expected.inv() * Rotation.from_quat(rot[t])).magnitude().max() < 1e-5
+        np.testing.assert_allclose(pos[t], transform_points(motions[t, 0], means0), atol=1e-6)
 
 
 def test_robust_motion_rejects_outliers():
