@@ -11,10 +11,12 @@ Backends:
   pixels are all opaque stop early. It runs on CPU (and on CUDA tensors).
 - ``gsplat``: gsplat's CUDA ``rasterization``, same conventions, chosen by ``backend="auto"`` on CUDA.
 
-Conventions (as in gsplat, so the two agree): covariance Σ = R S Sᵀ Rᵀ with R from the quaternion and
-S = diag(scales); 2D covariance by the EWA Jacobian of the perspective projection, with the camera-space
-point clamped to 1.3× the field of view, plus 0.3 px² of blur; α = min(0.99, o·exp(−½ dᵀΣ⁻¹d)), dropped
-below 1/255; compositing stops before a Gaussian that would leave transmittance below 1e-4.
+Conventions (as in gsplat, so the two agree, but for one): covariance Σ = R S Sᵀ Rᵀ with R from the
+quaternion and S = diag(scales); 2D covariance by the EWA Jacobian of the perspective projection, with the
+camera-space point clamped to 1.3× the field of view, plus 0.3 px² of blur; α = min(0.99, o·exp(−½ dᵀΣ⁻¹d))
+as in the original 3DGS rasterizer (gsplat's kernels cap α at 0.999: a pixel under one opaque Gaussian
+differs by 0.009 in α, within the GPU parity test's tolerance), dropped below 1/255; compositing stops
+before a Gaussian that would leave transmittance below 1e-4.
 Pixel centres sit at integer coordinates (OpenCV); gsplat's sit at +0.5, which the gsplat backend
 absorbs by shifting the principal point.
 
