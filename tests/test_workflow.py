@@ -48,6 +48,17 @@ def test_full_profile_is_the_paper_scale():
     assert _job_counts(result.stdout)["capture"] == 300 + 1
 
 
+def test_the_readme_rerun_of_one_stage_reruns_one_job():
+    """README's cluster example reruns one episode's capture, not the workflow (without the SLURM plugin)."""
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if "--forcerun" in x and x.startswith("snakemake"))
+    args = line.split()[1:]
+    profile = args.index("--profile")
+    del args[profile:profile + 2]
+    result = _snakemake("-n", *args)
+    assert result.returncode == 0, result.stderr
+    assert _job_counts(result.stdout) == {"capture": 1, "total": 1}, result.stdout
+
+
 def test_bad_config_override_stops_the_workflow():
     result = _snakemake("-n", "--config", "rig={'colour_gain': 2}")
     assert result.returncode != 0
