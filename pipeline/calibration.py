@@ -26,18 +26,18 @@ import argparse
 import sys
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy.optimize import least_squares
 from scipy.sparse import lil_matrix
 from scipy.spatial.transform import Rotation
-import yaml
 from tqdm import tqdm
 
 from .artifact import ArtifactError, ArtifactWriter, open_artifact, put
 from .charuco import MIN_CORNERS, Detector, T_world_board_on_table, board_corners
-from .config import ConfigError, read_scene_spec, validate_section
+from .config import ConfigError, read_mapping, read_scene_spec, validate_section
 from .geometry import invert_T, make_T
 
 PNP_MAX_RMS_PX = 3.0  # a view whose own board pose fits worse than this is a misdetection
@@ -332,11 +332,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.board:
-            with open(args.board) as f:
-                try:
-                    board = validate_section(yaml.safe_load(f), "calibration/board", args.board)
-                except yaml.YAMLError as e:
-                    raise ConfigError(f"{args.board}: not valid YAML ({e})") from None
+            board = validate_section(read_mapping(Path(args.board).read_text(), args.board), "calibration/board",
+                                     args.board)
             intrinsics, scene = args.intrinsics or "recording", None
         else:
             spec = read_scene_spec(args.config, args.scene, args.spec)

@@ -25,15 +25,15 @@ def make_board(board_cfg: dict) -> cv2.aruco.CharucoBoard:
     """The OpenCV board of a ``calibration/board`` config section; ConfigError where OpenCV has no such
     dictionary or the markers do not fit in their squares."""
     name = board_cfg["dictionary"]
-    if not isinstance(getattr(cv2.aruco, name, None), int):
+    dictionary_id = getattr(cv2.aruco, name, None)
+    if not isinstance(dictionary_id, int):
         raise ConfigError(f"config key 'calibration/board/dictionary': OpenCV has no ArUco dictionary {name!r} "
                           f"(names such as DICT_4X4_50, DICT_5X5_100)")
     if not board_cfg["marker_m"] < board_cfg["square_m"]:
         raise ConfigError(f"config key 'calibration/board/marker_m': {board_cfg['marker_m']} m markers do not fit "
                           f"in {board_cfg['square_m']} m squares")
-    dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, name))
     return cv2.aruco.CharucoBoard(tuple(board_cfg["squares"]), board_cfg["square_m"], board_cfg["marker_m"],
-                                  dictionary)
+                                  cv2.aruco.getPredefinedDictionary(dictionary_id))
 
 
 def board_corners(board_cfg: dict) -> np.ndarray:

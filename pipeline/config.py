@@ -81,18 +81,23 @@ def validate_section(value: dict, path: str, source: str) -> dict:
     return value
 
 
+def read_mapping(text: str, source: str, language: str = "YAML") -> dict:
+    """``text`` (YAML, or JSON with ``language`` "JSON") parsed into a mapping; ConfigError naming ``source``
+    where it does not parse or is no mapping."""
+    try:
+        value = json.loads(text) if language == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{source}: not valid {language} ({e})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: expected a {language} object (a mapping), got {type(value).__name__}")
+    return value
+
+
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
-            config = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return validate_config(config, str(path))
+    return validate_config(read_mapping(path.read_text(), str(path)), str(path))
 
 
 def episode_names(scene_cfg: dict) -> list[str]:
@@ -164,12 +169,7 @@ def read_scene_spec(config_path: str | None, scene: str | None, spec_json: str |
     by hand, ``--config config.yaml --scene bowling`` reads the same values.
     """
     if spec_json is not None:
-        try:
-            spec = json.loads(spec_json)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--spec: not valid JSON ({e})") from None
-        if not isinstance(spec, dict):
-            raise ConfigError(f"--spec: expected a JSON object, got {type(spec).__name__}")
+        spec = read_mapping(spec_json, "--spec", "JSON")
         if set(spec) - {"name", *SPEC_SECTIONS} or "name" not in spec:
             raise ConfigError(f"--spec: expected 'name' and sections of {SPEC_SECTIONS}, got {sorted(spec)}")
         for section in set(spec) & set(SPEC_SECTIONS):

@@ -55,12 +55,10 @@ def read_ids(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """(H,W) uint16 object ids of a mask PNG: a palette image's indices (DAVIS), a grey image's values (a 0/255
     mask becomes ids 0/1), or a colour image's colours, one id each (black 0)."""
     try:
-        with Image.open(path) as image:
-            ids = np.array(image) if image.mode == "P" else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        with Image.open(path) as image:  # a palette image's array holds its indices
+            ids = np.array(image)
     except (OSError, ValueError):  # PIL's UnidentifiedImageError is an OSError
-        ids = None
-    if ids is None:
-        raise MasksError(f"{path}: not a readable mask image")
+        raise MasksError(f"{path}: not a readable mask image") from None
     if ids.ndim == 3:
         colours, index = np.unique(ids[..., :3].reshape(-1, 3), axis=0, return_inverse=True)
         index = index.reshape(ids.shape[:2])

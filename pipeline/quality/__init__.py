@@ -56,8 +56,9 @@ def episode_main(argv, stage: str, doc: str, method_attr: str,
             n_cameras, n_frames = gt["T_cw_color"].shape[0], gt["poses"].shape[0]
             if "camera_names" in art.attrs and len(art.attrs["camera_names"]) != n_cameras:
                 raise ArtifactError(f"{path} has {len(art.attrs['camera_names'])} cameras, {gt_path} {n_cameras}")
-            if frames is not None and frames(art) != n_frames:
-                raise ArtifactError(f"{path} has {frames(art)} frames, {gt_path} {n_frames}")
+            n_art = frames(art) if frames is not None else n_frames
+            if n_art != n_frames:
+                raise ArtifactError(f"{path} has {n_art} frames, {gt_path} {n_frames}")
             base = {"scene": art.attrs["scene"], "split": art.attrs["split"], "episode": art.attrs["episode"],
                     "stage": stage, "method": art.attrs[method_attr], "against": "gt"}
             rows += [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, (v, u) in figures(art, gt).items()]
